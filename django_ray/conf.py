@@ -1,0 +1,77 @@
+"""django-ray settings: one place, read lazily, with documented defaults.
+
+Settings live in ``settings.DJANGO_RAY`` (a dict). A project migrating from Celery may
+instead have ``CELERY_BROKER_URL`` / ``CELERY_RESULT_BACKEND``; those are read as
+fall-backs so the worker and the project's Celery clients share one broker.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.conf import settings
+
+__all__ = ["DEFAULTS", "broker_url", "celery_result_backend", "get"]
+
+DEFAULTS: dict[str, Any] = {
+    # Broker the transport layer publishes to and consumes from.
+    "BROKER_URL": None,
+    # kombu transport options (e.g. {"visibility_timeout": 3600} for Redis).
+    "BROKER_TRANSPORT_OPTIONS": {},
+    # Seconds before an unacknowledged django:// message becomes visible again.
+    "VISIBILITY_TIMEOUT": 3600,
+    # x-max-priority for queues django-ray declares on RabbitMQ (None: no priorities).
+    "QUEUE_MAX_PRIORITY": 10,
+    # Ray Jobs / dashboard address for the default Ray Job mode.
+    "RAY_ADDRESS": None,
+    # Token for a Ray cluster with token authentication (else RAY_AUTH_TOKEN env).
+    "RAY_AUTH_TOKEN": None,
+    # Extra modules the worker imports to register tasks (besides <app>.tasks).
+    "TASK_MODULES": [],
+    # Dotted path to a Celery app to take task names and the result backend from.
+    "CELERY_APP": None,
+    # Celery-format result backend URL for unchanged Celery clients (None: CELERY_RESULT_BACKEND).
+    "RESULT_BACKEND": None,
+    # Seconds a Celery-format result is kept (CELERY_RESULT_EXPIRES, else 1 day).
+    "RESULT_EXPIRES": None,
+    # Seconds between two looks at the durable ETA schedule.
+    "SCHEDULE_INTERVAL": 0.5,
+}
+
+
+def get(name: str) -> Any:
+    """Return the django-ray setting ``name``, falling back to its default."""
+    if name not in DEFAULTS:
+        raise KeyError(f"Unknown django-ray setting {name!r}.")
+    user = getattr(settings, "DJANGO_RAY", None) or {}
+    return user.get(name, DEFAULTS[name])
+
+
+def broker_url() -> str:
+    """Return the broker URL: DJANGO_RAY, then CELERY_BROKER_URL, then ``django://``."""
+    return (
+        get("BROKER_URL")
+        or os.environ.get("CELERY_BROKER_URL")
+        or getattr(settings, "CELERY_BROKER_URL", None)
+        or "django://"
+    )
+
+
+def celery_result_backend() -> str | None:
+    """Return the Celery-format result backend URL, if the project has one."""
+    return (
+        get("RESULT_BACKEND")
+        or os.environ.get("CELERY_RESULT_BACKEND")
+        or getattr(settings, "CELERY_RESULT_BACKEND", None)
+    )
+
+
+def result_expires() -> int | None:
+    """Return the TTL of Celery-format results in seconds (None: never expire)."""
+    value = get("RESULT_EXPIRES")
+    if value is None:
+        value = getattr(settings, "CELERY_RESULT_EXPIRES", 86400)
+    if hasattr(value, "total_seconds"):
+        value = value.total_seconds()
+    return int(value) if value else None

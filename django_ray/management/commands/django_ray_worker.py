@@ -1,0 +1,95 @@
+"""``manage.py django_ray_worker``: parse arguments, build a runner, run the Worker."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from django_ray.exceptions import DjangoRayError
+from django_ray.runners import get_runner_class
+from django_ray.worker import Worker, default_worker_id
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value!r}")
+    return number
+
+
+def worker_id(value: str) -> str:
+    if not value or len(value) > 64:
+        raise argparse.ArgumentTypeError("worker id must be 1 to 64 characters")
+    return value
+
+
+class Command(BaseCommand):
+    help = "Consume tasks from the broker and run them (sync, local Ray, Ray cluster or Ray Jobs)."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--queue", action="append", dest="queue", default=[],
+            help="Queue to consume (repeatable). Default: default.",
+        )  # fmt: skip
+        parser.add_argument("--queues", default="", help="Comma-separated queues to consume.")
+        mode = parser.add_mutually_exclusive_group()
+        mode.add_argument("--sync", action="store_true", help="Run tasks in this process, no Ray.")
+        mode.add_argument("--local", action="store_true", help="Start a local Ray and run tasks on it.")
+        mode.add_argument(
+            "--cluster", metavar="ADDR", default=None,
+            help="Run tasks on an existing Ray cluster (ray://host:10001 or host:port).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--concurrency", type=positive_int, default=None,
+            help="Tasks in flight at once (Ray modes; default: the CPUs Ray reports).",
+        )  # fmt: skip
+        parser.add_argument("--num-cpus", type=positive_int, default=None,
+                            help="CPUs for the local Ray instance (--local).")  # fmt: skip
+        parser.add_argument("--batch", action="store_true", help="Exit once no task is left to run.")
+        parser.add_argument("--max-tasks", type=positive_int, default=None,
+                            help="Exit after this many tasks.")  # fmt: skip
+        parser.add_argument("--worker-id", type=worker_id, default=None,
+                            help="Id recorded in worker_ids (default: host-pid-random).")  # fmt: skip
+        parser.add_argument("--broker", default=None, help="Broker URL (default: from settings).")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        _configure_logging(options["verbosity"])
+        queues = list(options["queue"]) + [q for q in options["queues"].split(",") if q.strip()]
+        queues = [q.strip() for q in queues] or ["default"]
+        mode = "sync" if options["sync"] else "local" if options["local"] else "cluster" if options["cluster"] else "job"
+        runner_options: dict[str, Any] = {"num_cpus": options["num_cpus"]}
+        if options["cluster"]:
+            runner_options["address"] = options["cluster"]
+        try:
+            runner_cls = get_runner_class(mode)
+            runner = runner_cls(
+                worker_id=options["worker_id"] or default_worker_id(),
+                concurrency=options["concurrency"],
+                **runner_options,
+            )
+            from django_ray.transport import Broker
+
+            worker = Worker(
+                queues=queues,
+                runner=runner,
+                broker=Broker(options["broker"]) if options["broker"] else None,
+                batch=options["batch"],
+                max_tasks=options["max_tasks"],
+            )
+            code = worker.run()
+        except DjangoRayError as e:
+            raise CommandError(str(e)) from e
+        if code:
+            raise SystemExit(code)
+
+
+def _configure_logging(verbosity: int) -> None:
+    logger = logging.getLogger("django_ray")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO if verbosity else logging.WARNING)

@@ -1,0 +1,290 @@
+"""The one task model, ``TaskMessage``, and its wire format (Celery protocol v2, JSON).
+
+Our producers and a real Celery client put the same thing on the broker: headers
+(``task``, ``id``, ``eta``, ``expires``, ``retries``, ``timelimit``, ``root_id``,
+``parent_id``, ``group``, ...) and a JSON body ``[args, kwargs, embed]``. Decoding never
+unpickles: anything that is not ``application/json`` is refused before it is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from django.utils.json import normalize_json
+
+from django_ray.exceptions import MalformedMessage
+
+__all__ = [
+    "CONTENT_TYPE",
+    "KNOWN_HEADERS",
+    "MAX_HEADER_BYTES",
+    "TaskMessage",
+    "decode",
+    "new_task_id",
+]
+
+CONTENT_TYPE = "application/json"
+# Headers we read ourselves; anything else a client sends is kept in ``headers``.
+KNOWN_HEADERS = frozenset(
+    {
+        "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index",
+        "retries", "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr",
+        "origin", "ignore_result", "replaced_task_nesting", "stamped_headers", "stamps",
+        "django_ray_priority", "django_ray_backend",
+    }
+)  # fmt: skip
+# Refuse messages whose headers alone exceed this (a broken or hostile producer).
+MAX_HEADER_BYTES = 256 * 1024
+EMBED_KEYS = ("callbacks", "errbacks", "chain", "chord")
+
+
+def new_task_id() -> str:
+    """Return a fresh task id (a UUID4 string, as Celery and django-tasks-db use)."""
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskMessage:
+    """One task to run, whoever produced it (Django Tasks, compat.celery or real Celery)."""
+
+    id: str
+    task: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    queue: str = "default"
+    # Django's scale: -100..100, higher runs first. Brokers get it mapped to their own.
+    priority: int = 0
+    eta: datetime | None = None
+    expires: datetime | None = None
+    retries: int = 0
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    root_id: str | None = None
+    parent_id: str | None = None
+    group: str | None = None
+    group_index: int | None = None
+    callbacks: tuple[dict[str, Any], ...] = ()
+    errbacks: tuple[dict[str, Any], ...] = ()
+    chain: tuple[dict[str, Any], ...] = ()
+    chord: dict[str, Any] | None = None
+    ignore_result: bool | None = None
+    # The Django Tasks backend alias; None for a message a Celery client sent.
+    backend: str | None = None
+    shadow: str | None = None
+    origin: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    delivery_info: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_django_task(self) -> bool:
+        return self.backend is not None
+
+    def replace(self, **changes: Any) -> TaskMessage:
+        return replace(self, **changes)
+
+    # -- encoding -----------------------------------------------------------------
+
+    def wire_headers(self) -> dict[str, Any]:
+        """Return protocol-v2 headers for this message."""
+        headers: dict[str, Any] = dict(self.headers)
+        headers.update(
+            {
+                "lang": "py",
+                "task": self.task,
+                "id": self.id,
+                "shadow": self.shadow,
+                "eta": _iso(self.eta),
+                "expires": _iso(self.expires),
+                "group": self.group,
+                "group_index": self.group_index,
+                "retries": self.retries,
+                "timelimit": [self.time_limit, self.soft_time_limit],
+                "root_id": self.root_id or self.id,
+                "parent_id": self.parent_id,
+                "argsrepr": _short_repr(tuple(self.args)),
+                "kwargsrepr": _short_repr(dict(self.kwargs)),
+                "origin": self.origin or f"gen{os.getpid()}@{socket.gethostname()}",
+                "ignore_result": self.ignore_result,
+                "replaced_task_nesting": 0,
+                "stamped_headers": None,
+                "stamps": {},
+                "django_ray_priority": self.priority,
+            }
+        )
+        if self.backend is not None:
+            headers["django_ray_backend"] = self.backend
+        return headers
+
+    def wire_body(self) -> str:
+        """Return the JSON body ``[args, kwargs, embed]``."""
+        embed = {
+            "callbacks": list(self.callbacks) or None,
+            "errbacks": list(self.errbacks) or None,
+            "chain": list(self.chain) or None,
+            "chord": self.chord,
+        }
+        return json.dumps([list(self.args), dict(self.kwargs), embed])
+
+
+def decode(
+    *,
+    headers: Mapping[str, Any] | None,
+    body: bytes | str,
+    content_type: str | None,
+    properties: Mapping[str, Any] | None = None,
+    delivery_info: Mapping[str, Any] | None = None,
+    broker_priority: int | None = None,
+    queue: str | None = None,
+) -> TaskMessage:
+    """Build a ``TaskMessage`` from a protocol-v2 message, or raise ``MalformedMessage``.
+
+    ``broker_priority`` is the message priority already mapped to Django's scale by the
+    transport (used when the producer did not send ``django_ray_priority``).
+    """
+    headers = dict(headers or {})
+    properties = dict(properties or {})
+    task_id = headers.get("id") if isinstance(headers.get("id"), str) else None
+    name = headers.get("task") if isinstance(headers.get("task"), str) else None
+
+    def bad(reason: str) -> MalformedMessage:
+        return MalformedMessage(reason, task_id=task_id, task_name=name)
+
+    if (content_type or "").split(";")[0].strip().lower() != CONTENT_TYPE:
+        raise bad(f"Refused content type {content_type!r}: only {CONTENT_TYPE!r} is accepted.")
+    if len(json.dumps(headers, default=str)) > MAX_HEADER_BYTES:
+        raise bad(f"Headers exceed {MAX_HEADER_BYTES} bytes.")
+    if not name:
+        raise bad("Message has no 'task' header: it is not a protocol-v2 task message.")
+    if not task_id:
+        raise bad("Message has no 'id' header.")
+    if len(task_id) > 255:
+        raise bad("Task id is longer than 255 characters.")
+
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad(f"Body is not valid JSON: {e}.") from e
+    if isinstance(payload, dict):
+        raise bad("Body is a dict (protocol v1); only protocol v2 [args, kwargs, embed] is accepted.")
+    if not isinstance(payload, list) or len(payload) != 3:
+        raise bad("Body must be a JSON array [args, kwargs, embed].")
+    args, kwargs, embed = payload
+    if not isinstance(args, list):
+        raise bad(f"Body args must be a list, not {type(args).__name__}.")
+    if not isinstance(kwargs, dict):
+        raise bad(f"Body kwargs must be an object, not {type(kwargs).__name__}.")
+    if embed is None:
+        embed = {}
+    if not isinstance(embed, dict):
+        raise bad(f"Body embed must be an object, not {type(embed).__name__}.")
+
+    try:
+        eta = _parse_time(headers.get("eta"))
+        expires = _parse_time(headers.get("expires"))
+    except ValueError as e:
+        raise bad(str(e)) from e
+
+    hard, soft = _time_limits(headers.get("timelimit"))
+    priority = headers.get("django_ray_priority")
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        priority = broker_priority or 0
+    retries = headers.get("retries") or 0
+    if not isinstance(retries, int) or retries < 0:
+        raise bad(f"Header 'retries' must be a non-negative integer, not {retries!r}.")
+    delivery = dict(delivery_info or properties.get("delivery_info") or {})
+    extra = {k: v for k, v in headers.items() if k not in KNOWN_HEADERS}
+    chord = embed.get("chord")
+    return TaskMessage(
+        id=task_id,
+        task=name,
+        args=tuple(args),
+        kwargs=kwargs,
+        queue=queue or delivery.get("routing_key") or "default",
+        priority=max(-100, min(100, priority)),
+        eta=eta,
+        expires=expires,
+        retries=retries,
+        time_limit=hard,
+        soft_time_limit=soft,
+        root_id=_str_or_none(headers.get("root_id")),
+        parent_id=_str_or_none(headers.get("parent_id")),
+        group=_str_or_none(headers.get("group")),
+        group_index=headers.get("group_index") if isinstance(headers.get("group_index"), int) else None,
+        callbacks=_signatures(embed.get("callbacks"), "callbacks", bad),
+        errbacks=_signatures(embed.get("errbacks"), "errbacks", bad),
+        chain=_signatures(embed.get("chain"), "chain", bad),
+        chord=chord if isinstance(chord, dict) else None,
+        ignore_result=headers.get("ignore_result") if isinstance(headers.get("ignore_result"), bool) else None,
+        backend=_str_or_none(headers.get("django_ray_backend")),
+        shadow=_str_or_none(headers.get("shadow")),
+        origin=_str_or_none(headers.get("origin")),
+        correlation_id=_str_or_none(properties.get("correlation_id")) or task_id,
+        reply_to=_str_or_none(properties.get("reply_to")),
+        headers=extra,
+        delivery_info=delivery,
+    )
+
+
+def normalize_arguments(args: Any, kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Return JSON-normal args and kwargs, raising ``TypeError`` for non-JSON values."""
+    try:
+        normal = normalize_json({"args": args, "kwargs": kwargs})
+        # A real round trip catches what normalize_json lets through (e.g. non-str keys).
+        normal = json.loads(json.dumps(normal, allow_nan=False))
+    except ValueError as e:
+        raise TypeError(f"Task arguments must be JSON-serializable: {e}") from e
+    return tuple(normal["args"]), normal["kwargs"]
+
+
+def _signatures(value: Any, key: str, bad: Any) -> tuple[dict[str, Any], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise bad(f"Embed {key!r} must be a list of signature objects.")
+    return tuple(value)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"Time header must be an ISO-8601 string, not {value!r}.")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as e:
+        raise ValueError(f"Time header {value!r} is not ISO-8601.") from e
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def _time_limits(value: Any) -> tuple[float | None, float | None]:
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        return None, None
+    hard, soft = value
+    return (
+        float(hard) if isinstance(hard, int | float) and hard > 0 else None,
+        float(soft) if isinstance(soft, int | float) and soft > 0 else None,
+    )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 1024 else text[:1021] + "..."

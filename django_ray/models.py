@@ -1,0 +1,229 @@
+"""The system of record (``TaskRecord``), the django:// queue table and the ETA schedule."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+__all__ = ["QueueMessage", "ScheduledMessage", "TaskRecord", "TaskStatus"]
+
+
+class TaskStatus(models.TextChoices):
+    """Internal states; Django's four statuses and Celery's states are derived from them."""
+
+    READY = "READY", "Ready"
+    RUNNING = "RUNNING", "Running"
+    RETRYING = "RETRYING", "Waiting to retry"
+    SUCCESSFUL = "SUCCESSFUL", "Successful"
+    FAILED = "FAILED", "Failed"
+    REVOKED = "REVOKED", "Revoked"
+
+
+FINISHED = (TaskStatus.SUCCESSFUL, TaskStatus.FAILED, TaskStatus.REVOKED)
+DJANGO_STATUS = {
+    TaskStatus.READY: "READY",
+    TaskStatus.RUNNING: "RUNNING",
+    TaskStatus.RETRYING: "READY",
+    TaskStatus.SUCCESSFUL: "SUCCESSFUL",
+    TaskStatus.FAILED: "FAILED",
+    TaskStatus.REVOKED: "FAILED",
+}
+CELERY_STATE = {
+    TaskStatus.READY: "PENDING",
+    TaskStatus.RUNNING: "STARTED",
+    TaskStatus.RETRYING: "RETRY",
+    TaskStatus.SUCCESSFUL: "SUCCESS",
+    TaskStatus.FAILED: "FAILURE",
+    TaskStatus.REVOKED: "REVOKED",
+}
+
+
+class TaskRecordQuerySet(models.QuerySet["TaskRecord"]):
+    def finished(self) -> TaskRecordQuerySet:
+        return self.filter(status__in=FINISHED)
+
+    def unfinished(self) -> TaskRecordQuerySet:
+        return self.exclude(status__in=FINISHED)
+
+    def for_queues(self, queues: list[str]) -> TaskRecordQuerySet:
+        return self if "*" in queues else self.filter(queue__in=queues)
+
+    def older_than(self, moment: datetime) -> TaskRecordQuerySet:
+        return self.filter(finished_at__lt=moment)
+
+
+class TaskRecord(models.Model):
+    """One task, across all its attempts: status, timings, result and errors."""
+
+    id = models.CharField(primary_key=True, max_length=255)
+    task_name = models.CharField(max_length=255, db_index=True)
+    backend = models.CharField(max_length=64, blank=True, default="")
+    queue = models.CharField(max_length=255, default="default", db_index=True)
+    priority = models.IntegerField(default=0)
+    status = models.CharField(
+        max_length=16, choices=TaskStatus.choices, default=TaskStatus.READY, db_index=True
+    )
+    origin = models.CharField(max_length=16, default="django")
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    run_after = models.DateTimeField(null=True, blank=True)
+    expires = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    last_attempted_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    worker_ids = models.JSONField(default=list, blank=True)
+    retries = models.PositiveIntegerField(default=0)
+    return_value = models.JSONField(null=True, blank=True)
+    # One entry per failed attempt: exception_class_path, traceback, exc_message (args).
+    errors = models.JSONField(default=list, blank=True)
+    root_id = models.CharField(max_length=255, null=True, blank=True)
+    parent_id = models.CharField(max_length=255, null=True, blank=True)
+    group_id = models.CharField(max_length=255, null=True, blank=True, db_index=True)
+    group_index = models.IntegerField(null=True, blank=True)
+    # Canvas bookkeeping a runner hands back to the worker (messages to publish).
+    children = models.JSONField(default=list, blank=True)
+
+    objects = TaskRecordQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-enqueued_at"]
+        verbose_name = "task"
+        indexes = [models.Index(fields=["status", "queue"], name="django_ray_status_queue")]
+
+    def __str__(self) -> str:
+        return f"{self.task_name} [{self.id}] {self.status}"
+
+    # -- derived views ----------------------------------------------------------
+
+    @property
+    def attempts(self) -> int:
+        return len(self.worker_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def django_status(self) -> str:
+        return DJANGO_STATUS[TaskStatus(self.status)]
+
+    @property
+    def celery_state(self) -> str:
+        return CELERY_STATE[TaskStatus(self.status)]
+
+    @property
+    def last_error(self) -> dict[str, Any] | None:
+        return self.errors[-1] if self.errors else None
+
+    # -- the state machine: each transition writes only the fields it changes -----
+
+    def mark_running(self, worker_id: str) -> None:
+        """Start an attempt: RUNNING, one more worker id, attempt timestamps."""
+        now = timezone.now()
+        self.status = TaskStatus.RUNNING
+        self.worker_ids = [*self.worker_ids, worker_id]
+        self.started_at = self.started_at or now
+        self.last_attempted_at = now
+        self.save(update_fields=["status", "worker_ids", "started_at", "last_attempted_at"])
+
+    def mark_successful(self, return_value: Any, *, children: list[Any] | None = None) -> None:
+        self.status = TaskStatus.SUCCESSFUL
+        self.return_value = return_value
+        self.finished_at = timezone.now()
+        self.children = children or []
+        self.save(update_fields=["status", "return_value", "finished_at", "children"])
+
+    def mark_failed(self, error: dict[str, Any] | None) -> None:
+        self.status = TaskStatus.FAILED
+        if error is not None:
+            self.errors = [*self.errors, error]
+        self.finished_at = timezone.now()
+        self.save(update_fields=["status", "errors", "finished_at"])
+
+    def mark_retrying(self, error: dict[str, Any] | None, *, retries: int, eta: datetime | None) -> None:
+        """Wait for another attempt (READY to Django, RETRY to Celery)."""
+        self.status = TaskStatus.RETRYING
+        if error is not None:
+            self.errors = [*self.errors, error]
+        self.retries = retries
+        self.run_after = eta
+        self.save(update_fields=["status", "errors", "retries", "run_after"])
+
+    def mark_revoked(self, reason: str) -> None:
+        self.status = TaskStatus.REVOKED
+        self.errors = [
+            *self.errors,
+            {
+                "exception_class_path": "celery.exceptions.TaskRevokedError",
+                "traceback": "",
+                "exc_message": [reason],
+            },
+        ]
+        self.finished_at = timezone.now()
+        self.save(update_fields=["status", "errors", "finished_at"])
+
+    def mark_ready(self) -> None:
+        """Put a lost attempt back to READY so the redelivered message can run."""
+        self.status = TaskStatus.READY
+        self.save(update_fields=["status"])
+
+
+class QueueMessageQuerySet(models.QuerySet["QueueMessage"]):
+    def visible(self, queue: str, now: datetime) -> QueueMessageQuerySet:
+        """Messages of ``queue`` that may be delivered now, highest priority first."""
+        return (
+            self.filter(queue=queue, visible_at__lte=now)
+            .order_by(F("priority").desc(), "visible_at", "id")
+        )
+
+
+class QueueMessage(models.Model):
+    """One message of the django:// broker (a row in the project's own database)."""
+
+    queue = models.CharField(max_length=255)
+    payload = models.TextField()
+    priority = models.IntegerField(default=0)
+    # Not delivered before this moment: the ETA, or the end of a delivery's visibility timeout.
+    visible_at = models.DateTimeField(default=timezone.now)
+    delivery_tag = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    delivered_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = QueueMessageQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["queue", "visible_at"], name="django_ray_queue_visible"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.queue} #{self.pk}"
+
+
+class ScheduledMessage(models.Model):
+    """A message with a future ETA, parked durably instead of held unacked in memory."""
+
+    task_id = models.CharField(max_length=255)
+    retries = models.PositiveIntegerField(default=0)
+    queue = models.CharField(max_length=255)
+    eta = models.DateTimeField(db_index=True)
+    # The TaskMessage as protocol-v2 parts: {"headers": ..., "body": ..., "priority": ...}.
+    payload = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["task_id", "retries"], name="django_ray_schedule_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_id} at {self.eta:%Y-%m-%d %H:%M:%S}"
+
+
+def due_schedule(now: datetime) -> models.QuerySet[ScheduledMessage]:
+    return ScheduledMessage.objects.filter(Q(eta__lte=now)).order_by("eta")

@@ -1,0 +1,139 @@
+"""Name -> task lookup: the allowlist of what a worker may run.
+
+A message names a task; the worker runs it only if the name resolves here:
+
+* a Django ``@task`` declared with our backend, by its ``module_path``;
+* a task registered by name (``compat.celery`` tasks, Celery built-ins we provide);
+* a task of the project's real Celery app (``DJANGO_RAY["CELERY_APP"]``), by its Celery name.
+
+A name is never imported as an arbitrary dotted path: the module part must be a
+task module the project declared (``<installed app>.tasks`` or ``TASK_MODULES``) or a
+module of an installed app, and the attribute must then be a registered task.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from django.apps import apps
+from django.tasks import Task
+from django.utils.module_loading import import_string
+
+from django_ray import conf
+from django_ray.exceptions import NotRegistered
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Entry", "autodiscover", "register", "resolve"]
+
+Kind = Literal["django", "celery"]
+
+_named: dict[str, Any] = {}
+_django_names: set[str] = set()
+_lock = threading.Lock()
+_discovered = False
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A resolved task: ``kind`` says which execution path runs ``obj``."""
+
+    name: str
+    kind: Kind
+    obj: Any
+
+
+def register(name: str, obj: Any) -> None:
+    """Register a Celery-style task object under ``name``."""
+    _named[name] = obj
+
+
+def register_django_task(task: Task) -> None:
+    """Note that the module-level Django task at ``task.module_path`` may be run."""
+    _django_names.add(task.module_path)
+
+
+def autodiscover() -> None:
+    """Import every ``<app>.tasks`` module, the ``TASK_MODULES`` and the Celery app's tasks."""
+    global _discovered
+    with _lock:
+        if _discovered:
+            return
+        for config in apps.get_app_configs():
+            _import_optional(f"{config.name}.tasks")
+        for module in conf.get("TASK_MODULES"):
+            importlib.import_module(module)
+        app = celery_app()
+        if app is not None:
+            app.loader.import_default_modules()
+            app.autodiscover_tasks(lambda: [c.name for c in apps.get_app_configs()], force=True)
+        _discovered = True
+
+
+def resolve(name: str) -> Entry:
+    """Return the task registered as ``name``, or raise ``NotRegistered``."""
+    if name in _named:
+        return Entry(name, "celery", _named[name])
+    task = _django_task(name)
+    if task is not None:
+        return Entry(name, "django", task)
+    app = celery_app()
+    if app is not None and name in app.tasks and not _is_celery_internal(name):
+        return Entry(name, "celery", app.tasks[name])
+    if name in _named:  # registered while importing its module above
+        return Entry(name, "celery", _named[name])
+    raise NotRegistered(f"Task {name!r} is not registered. Did you forget to import its module?")
+
+
+def known_names() -> list[str]:
+    """Return every name this process can resolve (for logs and the CLI)."""
+    names = set(_named) | _django_names
+    app = celery_app()
+    if app is not None:
+        names |= {n for n in app.tasks if not _is_celery_internal(n)}
+    return sorted(names)
+
+
+def celery_app() -> Any | None:
+    """Return the project's real Celery app, if ``DJANGO_RAY["CELERY_APP"]`` names one."""
+    path = conf.get("CELERY_APP")
+    if not path:
+        return None
+    app = import_string(path)
+    return app
+
+
+def _django_task(name: str) -> Task | None:
+    module_name, _, attr = name.rpartition(".")
+    if not module_name or "<" in name:
+        return None
+    if name not in _django_names and not _allowed_module(module_name):
+        return None
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        return None
+    return obj if isinstance(obj, Task) and obj.module_path == name else None
+
+
+def _allowed_module(module_name: str) -> bool:
+    allowed = [c.name for c in apps.get_app_configs()] + list(conf.get("TASK_MODULES"))
+    return any(module_name == a or module_name.startswith(a + ".") for a in allowed)
+
+
+def _import_optional(module_name: str) -> None:
+    try:
+        importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:  # the module exists but one of its imports is missing
+            raise
+
+
+def _is_celery_internal(name: str) -> bool:
+    return name.startswith("celery.") and name not in {"celery.starmap", "celery.map"}

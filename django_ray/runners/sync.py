@@ -1,0 +1,31 @@
+"""``--sync``: run each task in the worker process, one at a time, without Ray."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django_ray.message import TaskMessage
+from django_ray.runners.base import BaseRunner, Completion
+from django_ray.runtime.execute import execute
+
+__all__ = ["SyncRunner"]
+
+
+class SyncRunner(BaseRunner):
+    mode = "sync"
+
+    def __init__(self, *, worker_id: str, concurrency: int | None = None, **options: Any) -> None:
+        # One at a time: the task runs inside the consumer loop.
+        super().__init__(worker_id=worker_id, concurrency=1, **options)
+        self._done: list[Completion] = []
+
+    def submit(self, message: TaskMessage, delivery: Any) -> None:
+        outcome = execute(message, worker_id=self.worker_id)
+        self._done.append(Completion(message, delivery, outcome=outcome))
+
+    def poll(self, timeout: float = 0) -> list[Completion]:
+        done, self._done = self._done, []
+        return done
+
+    def in_flight(self) -> int:
+        return 0

@@ -1,0 +1,192 @@
+"""The one execution path: run a ``TaskMessage`` and store its outcome.
+
+Every runner calls ``execute()``: the sync runner in the worker process, the Ray runners
+inside a ``@ray.remote`` function, job mode from the job's entrypoint. It sets Django up
+when needed, closes stale database connections around the task, refuses anything not in
+the registry, fills ``TaskContext`` / ``self.request``, makes the result JSON, records
+errors with their real class path and traceback, and returns an ``Outcome`` naming the
+messages the worker must publish next (a retry, the next chain step, callbacks).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django_ray.message import TaskMessage
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Outcome", "error_info", "execute", "json_result", "setup_django"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What became of one delivery of a message."""
+
+    task_id: str
+    status: str
+    # Messages to publish before the delivery is acknowledged.
+    publish: tuple[TaskMessage, ...] = ()
+    # True when the record had already finished: the message was a duplicate delivery.
+    duplicate: bool = False
+    error: str | None = None
+
+
+def setup_django() -> None:
+    """Set Django up once in this process (a Ray worker or a job entrypoint)."""
+    from django.apps import apps
+
+    if not apps.ready:
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
+        import django
+
+        django.setup()
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """Describe ``exc`` as stored in ``TaskRecord.errors``."""
+    cls = type(exc)
+    return {
+        "exception_class_path": f"{cls.__module__}.{cls.__qualname__}",
+        "traceback": "".join(traceback.format_exception(exc)),
+        "exc_message": _json_safe(list(exc.args)),
+    }
+
+
+def json_result(value: Any) -> Any:
+    """Return ``value`` as it reads back from JSON, or raise ``TypeError``."""
+    from django.utils.json import normalize_json
+
+    try:
+        return json.loads(json.dumps(normalize_json(value), allow_nan=False))
+    except ValueError as e:
+        raise TypeError(f"Task return value is not JSON-serializable: {e}") from e
+
+
+# A runner for Celery-style tasks plugs in here (see django_ray.runtime.celery_exec).
+CeleryExecutor = Callable[..., Outcome]
+_celery_executor: CeleryExecutor | None = None
+
+
+def set_celery_executor(executor: CeleryExecutor) -> None:
+    global _celery_executor
+    _celery_executor = executor
+
+
+def execute(message: TaskMessage, *, worker_id: str) -> Outcome:
+    """Run ``message`` once and store the outcome in its ``TaskRecord``."""
+    setup_django()
+    from django.db import close_old_connections
+
+    close_old_connections()
+    try:
+        return _execute(message, worker_id)
+    finally:
+        close_old_connections()
+
+
+def _execute(message: TaskMessage, worker_id: str) -> Outcome:
+    from django.utils import timezone
+
+    from django_ray import registry, results
+    from django_ray.exceptions import NotRegistered
+    from django_ray.records import record_for
+
+    try:
+        entry = registry.resolve(message.task)
+    except NotRegistered as e:
+        record = record_for(message)
+        if record.is_finished:
+            return Outcome(task_id=message.id, status=record.status, duplicate=True)
+        logger.error("Refused task %s [%s]: %s", message.task, message.id, e)
+        record.mark_failed(error_info(e) | {"traceback": ""})
+        results.mirror(record, message)
+        return Outcome(task_id=message.id, status=record.status, error=str(e))
+
+    record = record_for(message)
+    if record.is_finished:
+        logger.info("Task %s [%s] already %s; skipping.", message.task, message.id, record.status)
+        return Outcome(task_id=message.id, status=record.status, duplicate=True)
+    if message.expires is not None and message.expires < timezone.now():
+        record.mark_revoked("expired")
+        results.mirror(record, message)
+        return Outcome(task_id=message.id, status=record.status, error="expired")
+    if results.is_revoked(message.id):
+        record.mark_revoked("revoked")
+        results.mirror(record, message)
+        return Outcome(task_id=message.id, status=record.status, error="revoked")
+
+    if entry.kind == "django":
+        return _run_django(entry.obj, message, record, worker_id)
+    if _celery_executor is None:
+        from django_ray.runtime import celery_exec  # noqa: F401  (registers the executor)
+    assert _celery_executor is not None
+    return _celery_executor(entry, message, record, worker_id)
+
+
+def _run_django(task: Any, message: TaskMessage, record: Any, worker_id: str) -> Outcome:
+    from django.tasks import TaskContext
+    from django.tasks.signals import task_finished, task_started
+    from django.utils import timezone
+
+    from django_ray.records import to_task_result
+
+    task = task.using(
+        priority=record.priority, queue_name=record.queue, backend=record.backend or None
+    )
+    sender = type(task.get_backend())
+    record.mark_running(worker_id)
+    result = to_task_result(record, task)
+    _send(task_started, sender, result)
+    try:
+        args = (TaskContext(task_result=result), *record.args) if task.takes_context else record.args
+        value = json_result(task.call(*args, **record.kwargs))
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:
+        error = error_info(e)
+        max_attempts = getattr(task, "max_attempts", 1) or 1
+        if record.attempts < max_attempts:
+            delay = _retry_delay(task, record.attempts)
+            eta = timezone.now() + timedelta(seconds=delay)
+            record.mark_retrying(error, retries=message.retries + 1, eta=eta)
+            logger.warning(
+                "Task %s [%s] failed attempt %d/%d; retrying in %.1fs.",
+                message.task, message.id, record.attempts, max_attempts, delay,
+            )  # fmt: skip
+            retry = message.replace(retries=message.retries + 1, eta=eta)
+            return Outcome(task_id=message.id, status=record.status, publish=(retry,))
+        record.mark_failed(error)
+        _send(task_finished, sender, to_task_result(record, task))
+        return Outcome(task_id=message.id, status=record.status, error=error["exception_class_path"])
+    record.mark_successful(value)
+    _send(task_finished, sender, to_task_result(record, task))
+    return Outcome(task_id=message.id, status=record.status)
+
+
+def _retry_delay(task: Any, attempts: int) -> float:
+    base = float(getattr(task, "retry_delay", 0) or 0)
+    return base * (2 ** (attempts - 1)) if getattr(task, "retry_backoff", False) else base
+
+
+def _send(signal: Any, sender: type, result: Any) -> None:
+    """Send a task signal; a failing receiver is logged, never corrupts the task's state."""
+    for receiver, response in signal.send_robust(sender=sender, task_result=result):
+        if isinstance(response, Exception):
+            logger.error(
+                "Receiver %r of %s failed.", receiver, signal, exc_info=response
+            )
+
+
+def _json_safe(value: Any) -> Any:
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError):
+        return [repr(v) for v in value] if isinstance(value, list) else repr(value)

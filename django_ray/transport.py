@@ -1,0 +1,230 @@
+"""The transport layer: the only module that talks to kombu.
+
+``publish()`` puts a ``TaskMessage`` on the broker (on commit for an external broker, in
+the same transaction for ``django://``). ``Broker`` is a worker's connection: it consumes
+queues with push delivery where the broker has it (BRPOP on Redis, basic.consume on
+RabbitMQ) and hands raw kombu messages to the worker, which decodes them with
+``message.decode``, never with kombu's serializers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+
+from django.db import transaction
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu import Message as KombuMessage
+
+from django_ray import conf
+from django_ray.message import CONTENT_TYPE, TaskMessage, decode
+from django_ray.transports import register_transports
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Broker", "broker_kind", "decode_kombu", "publish", "publish_now"]
+
+_local = threading.local()
+RETRY_POLICY = {"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
+
+
+def broker_kind(url: str) -> str:
+    """Return the broker family of ``url``: django, redis, amqp, memory or the scheme."""
+    scheme = url.split("://", 1)[0].split("+")[0].lower()
+    return {"rediss": "redis", "pyamqp": "amqp", "amqps": "amqp", "librabbitmq": "amqp"}.get(
+        scheme, scheme
+    )
+
+
+def to_broker_priority(kind: str, priority: int) -> int:
+    """Map Django's -100..100 (higher first) onto the broker's 0-9 property."""
+    step = round((priority + 100) * 9 / 200)
+    # kombu's Redis transport serves 0 first; RabbitMQ serves 9 first.
+    return 9 - step if kind == "redis" else step
+
+
+def from_broker_priority(kind: str, value: Any) -> int:
+    """Map a broker's 0-9 priority (as a Celery client sets it) onto Django's scale."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return 0
+    if kind == "django":
+        return value
+    value = max(0, min(9, value))
+    step = 9 - value if kind == "redis" else value
+    return round(step * 200 / 9) - 100
+
+
+class Broker:
+    """A kombu connection to the configured broker, for publishing and consuming."""
+
+    def __init__(self, url: str | None = None, *, transport_options: dict[str, Any] | None = None):
+        register_transports()
+        self.url = url or conf.broker_url()
+        self.kind = broker_kind(self.url)
+        options = dict(conf.get("BROKER_TRANSPORT_OPTIONS") or {})
+        options.update(transport_options or {})
+        self.connection = Connection(self.url, transport_options=options)
+        self._producer: Producer | None = None
+        self._consumer: Consumer | None = None
+        self._declared: set[str] = set()
+
+    # -- queues -----------------------------------------------------------------
+
+    def queue(self, name: str) -> Queue:
+        """Return the kombu Queue for ``name``, declared as Celery declares its queues."""
+        arguments = None
+        max_priority = conf.get("QUEUE_MAX_PRIORITY")
+        if self.kind == "amqp" and max_priority:
+            arguments = {"x-max-priority": int(max_priority)}
+        return Queue(
+            name,
+            Exchange(name, type="direct"),
+            routing_key=name,
+            durable=True,
+            queue_arguments=arguments,
+        )
+
+    def _declare(self, name: str) -> None:
+        if name in self._declared:
+            return
+        queue = self.queue(name)(self.connection.default_channel)
+        if self.kind == "amqp":
+            try:  # an existing queue keeps its arguments (a Celery client may own it)
+                queue.queue_declare(passive=True)
+            except self.connection.channel_errors:
+                self.connection.release()
+                self.connection = Connection(self.url, transport_options=self.connection.transport_options)
+                self._producer = None
+                queue = self.queue(name)(self.connection.default_channel)
+                queue.declare()
+        else:
+            queue.declare()
+        self._declared.add(name)
+
+    # -- publishing -------------------------------------------------------------
+
+    def publish(self, message: TaskMessage) -> None:
+        """Publish ``message`` to its queue through the anonymous exchange."""
+        self.connection.ensure_connection(**RETRY_POLICY)
+        self._declare(message.queue)
+        if self._producer is None:
+            self._producer = Producer(self.connection.default_channel)
+        self._producer.publish(
+            message.wire_body(),
+            exchange="",
+            routing_key=message.queue,
+            headers=message.wire_headers(),
+            content_type=CONTENT_TYPE,
+            content_encoding="utf-8",
+            priority=to_broker_priority(self.kind, message.priority),
+            correlation_id=message.correlation_id or message.id,
+            reply_to=message.reply_to,
+            delivery_mode=2,
+            retry=True,
+            retry_policy=RETRY_POLICY,
+        )
+
+    # -- consuming --------------------------------------------------------------
+
+    def consume(
+        self, queues: Iterable[str], on_message: Callable[[KombuMessage], None], *, prefetch: int
+    ) -> None:
+        """Start consuming ``queues``; ``on_message`` receives each raw kombu message."""
+        names = list(queues)
+        for name in names:
+            self._declare(name)
+        self._consumer = Consumer(
+            self.connection.default_channel,
+            queues=[self.queue(n) for n in names],
+            on_message=on_message,
+            auto_declare=False,
+            prefetch_count=prefetch,
+        )
+        self._consumer.consume()
+
+    def drain(self, timeout: float) -> bool:
+        """Deliver what arrives within ``timeout`` seconds; return False if nothing came."""
+        try:
+            self.connection.drain_events(timeout=timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def set_prefetch(self, count: int) -> None:
+        if self._consumer is not None:
+            self._consumer.qos(prefetch_count=count)
+
+    def cancel(self) -> None:
+        """Stop taking new messages (unacknowledged ones stay with this connection)."""
+        if self._consumer is not None:
+            try:
+                self._consumer.cancel()
+            except self.connection.connection_errors + self.connection.channel_errors:
+                pass
+
+    def reconnect(self) -> None:
+        """Drop the connection and consume again on a fresh one."""
+        consumer = self._consumer
+        try:
+            self.connection.release()
+        except Exception:  # the old connection is already broken
+            logger.debug("Ignoring error while releasing a broken connection.", exc_info=True)
+        self.connection = self.connection.clone()
+        self.connection.ensure_connection(**RETRY_POLICY)
+        self._producer = None
+        self._declared.clear()
+        if consumer is not None:
+            names = [q.name for q in consumer.queues]
+            self.consume(names, consumer.on_message, prefetch=consumer.prefetch_count or 0)
+
+    @property
+    def recoverable_errors(self) -> tuple[type[BaseException], ...]:
+        return self.connection.recoverable_connection_errors + self.connection.connection_errors
+
+    def close(self) -> None:
+        self.connection.release()
+
+
+def decode_kombu(message: KombuMessage, kind: str) -> TaskMessage:
+    """Decode a raw kombu message into a ``TaskMessage`` (``MalformedMessage`` if it is not one)."""
+    delivery_info = dict(message.delivery_info or {})
+    props = dict(message.properties or {})
+    return decode(
+        headers=message.headers,
+        body=message.body,
+        content_type=message.content_type,
+        properties=props,
+        delivery_info=delivery_info,
+        broker_priority=from_broker_priority(kind, props.get("priority")),
+        queue=delivery_info.get("routing_key"),
+    )
+
+
+def _thread_broker() -> Broker:
+    url = conf.broker_url()
+    broker = getattr(_local, "broker", None)
+    if broker is None or broker.url != url:
+        broker = _local.broker = Broker(url)
+    return broker
+
+
+def publish_now(message: TaskMessage) -> None:
+    """Publish at once on this thread's connection, reconnecting once if it broke."""
+    broker = _thread_broker()
+    try:
+        broker.publish(message)
+    except broker.recoverable_errors:
+        logger.warning("Broker connection lost while publishing %s; reconnecting.", message.id)
+        broker.reconnect()
+        broker.publish(message)
+
+
+def publish(message: TaskMessage, *, using: str | None = None) -> None:
+    """Publish ``message``: inside the transaction for django://, else once it commits."""
+    if broker_kind(conf.broker_url()) == "django":
+        publish_now(message)
+    else:
+        transaction.on_commit(partial(publish_now, message), using=using)

@@ -1,0 +1,191 @@
+"""django:// - a kombu transport over the project's own database.
+
+Features
+========
+* Type: Virtual
+* Supports Direct: Yes
+* Supports Topic: Yes (kombu's in-memory exchange tables)
+* Supports Fanout: No
+* Supports Priority: Yes (Django's -100..100, higher first)
+* Supports ETA: Yes (a message is invisible until its ``eta`` header)
+* Supports TTL: No
+
+Connection string
+=================
+``django://`` uses the ``default`` database; ``django://<alias>`` another one.
+
+Transport options
+=================
+* ``visibility_timeout``: seconds before an unacknowledged message is delivered again
+  (default: ``DJANGO_RAY["VISIBILITY_TIMEOUT"]``).
+* ``polling_interval``: seconds between two looks at an empty queue (default 0.1).
+
+A message is a row of ``QueueMessage``. Delivering it hides it for the visibility timeout;
+acknowledging deletes it; a worker that dies without acknowledging loses nothing: the row
+becomes visible again. On PostgreSQL rows are claimed with ``SELECT ... FOR UPDATE SKIP
+LOCKED``; elsewhere an optimistic conditional ``UPDATE`` keeps two consumers from taking
+the same row. Publishing inside ``transaction.atomic()`` makes the message part of that
+transaction: a rollback removes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from queue import Empty
+from typing import Any
+
+from django.db import DatabaseError, connections, transaction
+from django.db.models import F
+from django.utils import timezone
+from kombu.transport import virtual
+
+from django_ray import conf
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Channel", "QoS", "Transport"]
+
+
+class QoS(virtual.QoS):
+    """Acknowledge by deleting the row; requeue by making it visible again."""
+
+    def ack(self, delivery_tag: str) -> None:
+        self.channel._delete_row(delivery_tag)
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:
+            self.channel._make_visible([delivery_tag])
+        else:
+            self.channel._delete_row(delivery_tag)
+        self._quick_ack(delivery_tag)
+
+    def restore_unacked(self) -> list[Any]:
+        self._flush()
+        tags = list(self._delivered)
+        self._delivered.clear()
+        try:
+            self.channel._make_visible(tags)
+        except DatabaseError as e:  # the database is gone: the timeout restores them
+            return [(e, tag) for tag in tags]
+        return []
+
+
+class Channel(virtual.Channel):
+    QoS = QoS
+    do_restore = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        options = self.connection.client.transport_options
+        self.visibility_timeout = float(
+            options.get("visibility_timeout", conf.get("VISIBILITY_TIMEOUT"))
+        )
+        self.db_alias = self.connection.client.virtual_host.strip("/") or "default"
+        if self.db_alias not in connections:
+            self.db_alias = "default"
+
+    @property
+    def _rows(self):  # type: ignore[no-untyped-def]
+        from django_ray.models import QueueMessage
+
+        return QueueMessage.objects.using(self.db_alias)
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        headers = message.get("headers") or {}
+        props = message.setdefault("properties", {})
+        priority = headers.get("django_ray_priority")
+        if not isinstance(priority, int):
+            # A Celery-style 0-9 priority: this transport serves higher numbers first.
+            priority = int(props.get("priority") or 0)
+        self._rows.create(
+            queue=queue,
+            payload=json.dumps(message),
+            priority=priority,
+            visible_at=_eta(headers.get("eta")) or timezone.now(),
+            delivery_tag=props.get("delivery_tag"),
+        )
+
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        now = timezone.now()
+        try:
+            with transaction.atomic(using=self.db_alias):
+                candidates = self._rows.visible(queue, now)
+                if connections[self.db_alias].features.has_select_for_update_skip_locked:
+                    candidates = candidates.select_for_update(skip_locked=True)
+                for row in candidates[:10]:
+                    if self._claim(row, now):
+                        return self._payload(row)
+        except DatabaseError as e:  # e.g. SQLite "database is locked": look again later
+            logger.debug("django:// could not read queue %r: %s", queue, e)
+        raise Empty()
+
+    def _claim(self, row: Any, now: datetime) -> bool:
+        hidden_until = now + timedelta(seconds=self.visibility_timeout)
+        claimed = self._rows.filter(pk=row.pk, visible_at=row.visible_at).update(
+            visible_at=hidden_until, delivered_count=F("delivered_count") + 1
+        )
+        return claimed == 1
+
+    def _payload(self, row: Any) -> dict[str, Any]:
+        payload = json.loads(row.payload)
+        props = payload.setdefault("properties", {})
+        props["delivery_tag"] = row.delivery_tag
+        if row.delivered_count:
+            payload["redelivered"] = True
+            props.setdefault("delivery_info", {})["redelivered"] = True
+        return payload
+
+    def _size(self, queue: str) -> int:
+        return self._rows.filter(queue=queue).count()
+
+    def _purge(self, queue: str) -> int:
+        deleted, _ = self._rows.filter(queue=queue).delete()
+        return deleted
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        self._purge(queue)
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        return True
+
+    def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        """Queues need no declaration: a queue is the set of rows with its name."""
+
+    def _restore(self, message: Any) -> None:
+        self._make_visible([message.delivery_tag])
+
+    def _delete_row(self, delivery_tag: str) -> None:
+        self._rows.filter(delivery_tag=delivery_tag).delete()
+
+    def _make_visible(self, delivery_tags: list[str]) -> None:
+        if delivery_tags:
+            self._rows.filter(delivery_tag__in=delivery_tags).update(visible_at=timezone.now())
+
+
+class Transport(virtual.Transport):
+    Channel = Channel
+    polling_interval = 0.1
+    default_port = 0
+    driver_type = "django"
+    driver_name = "django"
+    # Our own database; the connection itself never drops the way a socket does.
+    connection_errors = (*virtual.Transport.connection_errors,)
+    channel_errors = (*virtual.Transport.channel_errors, DatabaseError)
+
+    def driver_version(self) -> str:
+        import django
+
+        return django.get_version()
+
+
+def _eta(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -1,0 +1,239 @@
+"""The worker loop: consume, decode, check the registry, dispatch to a runner, ack.
+
+A message is acknowledged only after its outcome is stored (and any retry or follow-up
+message has been published). Bad messages are logged, recorded where they carry an id,
+and rejected without requeue; the loop keeps consuming. SIGTERM/SIGINT drain: stop
+taking messages, let running tasks finish, exit 0. A second signal stops at once:
+unacknowledged messages go back to the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from typing import Any
+
+from django.db import close_old_connections
+from django.utils import timezone
+
+from django_ray import registry, schedule
+from django_ray.exceptions import MalformedMessage
+from django_ray.message import TaskMessage
+from django_ray.records import record_for
+from django_ray.runners import BaseRunner, Completion
+from django_ray.runtime.execute import error_info
+from django_ray.transport import Broker, decode_kombu, publish_now
+
+logger = logging.getLogger("django_ray.worker")
+
+__all__ = ["Worker", "WorkerShutdown", "default_worker_id"]
+
+# How close an ETA must be for batch mode to wait for it rather than exit.
+BATCH_GRACE_SECONDS = 2.0
+
+
+class WorkerShutdown(KeyboardInterrupt):
+    """Raised by a second signal to stop at once (a KeyboardInterrupt, never a task failure)."""
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()[:30]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        queues: list[str],
+        runner: BaseRunner,
+        broker: Broker | None = None,
+        batch: bool = False,
+        max_tasks: int | None = None,
+        install_signals: bool = True,
+    ) -> None:
+        self.queues = queues
+        self.runner = runner
+        self.broker = broker or Broker()
+        self.batch = batch
+        self.max_tasks = max_tasks
+        self.install_signals = install_signals
+        self.processed = 0
+        self.stopping = False
+        self._cancelled = False
+        self._next_schedule_check = 0.0
+
+    @property
+    def worker_id(self) -> str:
+        return self.runner.worker_id
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def run(self) -> int:
+        """Consume until drained (batch), ``max_tasks`` or a signal; return the exit code."""
+        if self.install_signals:
+            self._install_signals()
+        registry.autodiscover()
+        self.runner.start()
+        self.broker.consume(self.queues, self._on_message, prefetch=self.runner.concurrency)
+        logger.info(
+            "Worker %s consuming %s from %s (%s).",
+            self.worker_id, ",".join(self.queues), self.broker.kind, self.runner.describe(),
+        )  # fmt: skip
+        try:
+            while not self._should_exit():
+                self._step()
+        except WorkerShutdown:
+            logger.warning("Stopping at once; unfinished messages go back to the broker.")
+            self.runner.shutdown(wait=False)
+            self.broker.close()
+            return 1
+        self.broker.cancel()
+        self.runner.shutdown(wait=True)
+        self._collect(self.runner.poll(0))
+        self.broker.close()
+        logger.info("Worker %s stopped after %d task(s).", self.worker_id, self.processed)
+        return 0
+
+    def _step(self) -> None:
+        busy = self.runner.in_flight() > 0
+        try:
+            got = self.broker.drain(timeout=0.05 if busy else 0.5)
+        except self.broker.recoverable_errors as e:
+            self._reconnect(e)
+            return
+        self._collect(self.runner.poll(0.05 if busy and not got else 0))
+        self._tick_schedule()
+        if self.batch and not got and self._idle():
+            logger.info("Batch mode: nothing left to run.")
+            self.stopping = True
+
+    def _should_exit(self) -> bool:
+        if self.max_tasks is not None and self.processed >= self.max_tasks:
+            self.stopping = True
+        if self.stopping and not self._cancelled:
+            self.broker.cancel()
+            self._cancelled = True
+        return self.stopping and self.runner.in_flight() == 0
+
+    def _reconnect(self, error: BaseException) -> None:
+        delay = 1.0
+        while not self.stopping:
+            logger.warning("Broker connection lost (%s); reconnecting in %.0fs.", error, delay)
+            time.sleep(delay)
+            try:
+                self.broker.reconnect()
+            except self.broker.recoverable_errors as e:
+                error, delay = e, min(delay * 2, 30.0)
+                continue
+            logger.info("Reconnected to the broker.")
+            return
+
+    def _install_signals(self) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            if self.stopping:
+                raise WorkerShutdown()
+            logger.info("Received %s: finishing running tasks, then exiting.", signal.Signals(signum).name)
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    # -- messages ---------------------------------------------------------------
+
+    def _on_message(self, raw: Any) -> None:
+        if self.stopping or (self.max_tasks is not None and self.processed + self.runner.in_flight() >= self.max_tasks):
+            raw.requeue() if hasattr(raw, "requeue") else raw.reject(requeue=True)
+            return
+        close_old_connections()
+        try:
+            message = decode_kombu(raw, self.broker.kind)
+        except MalformedMessage as e:
+            self._refuse(raw, e)
+            return
+        if message.eta is not None and message.eta > timezone.now():
+            if schedule.park(message):
+                logger.info("Task %s [%s] parked until %s.", message.task, message.id, message.eta)
+            record_for(message)
+            raw.ack()
+            return
+        self.runner.submit(message, raw)
+        self._collect(self.runner.poll(0))
+
+    def _refuse(self, raw: Any, error: MalformedMessage) -> None:
+        logger.error(
+            "Refused malformed message (task=%r id=%r): %s", error.task_name, error.task_id, error
+        )
+        if error.task_id:
+            stub = TaskMessage(id=error.task_id, task=error.task_name or "<unknown>",
+                               queue=(raw.delivery_info or {}).get("routing_key") or "default")  # fmt: skip
+            record = record_for(stub)
+            if not record.is_finished:
+                record.mark_failed(error_info(error) | {"traceback": ""})
+                from django_ray import results
+
+                results.mirror(record, stub)
+        raw.reject(requeue=False)
+        self.processed += 1
+
+    def _collect(self, completions: list[Completion]) -> None:
+        for done in completions:
+            if done.error is not None or done.outcome is None:
+                logger.error("Task %s [%s] was not completed (%s); returning it to the broker.",
+                             done.message.task, done.message.id, done.error)  # fmt: skip
+                self._safe(done.delivery.reject, requeue=True)
+                continue
+            for follow_up in done.outcome.publish:
+                self.dispatch(follow_up)
+            self._safe(done.delivery.ack)
+            self.processed += 1
+            logger.info("Task %s [%s] %s.", done.message.task, done.message.id, done.outcome.status)
+
+    def _safe(self, method: Any, **kwargs: Any) -> None:
+        try:
+            method(**kwargs)
+        except self.broker.recoverable_errors as e:
+            # The connection that delivered it is gone: the broker redelivers it.
+            logger.warning("Could not acknowledge a message (%s); it will be redelivered.", e)
+
+    def dispatch(self, message: TaskMessage) -> None:
+        """Publish a follow-up message, parking it durably if it is due later."""
+        if message.eta is not None and message.eta > timezone.now() and self.broker.kind != "django":
+            schedule.park(message)
+        else:
+            publish_now(message)
+
+    # -- schedule ---------------------------------------------------------------
+
+    def _tick_schedule(self) -> None:
+        now = time.monotonic()
+        if now < self._next_schedule_check:
+            return
+        from django_ray import conf
+
+        self._next_schedule_check = now + float(conf.get("SCHEDULE_INTERVAL"))
+        published = schedule.publish_due(self.queues)
+        if published:
+            logger.info("Published %d scheduled message(s).", published)
+
+    def _idle(self) -> bool:
+        if self.runner.in_flight():
+            return False
+        soon = timezone.now().timestamp() + BATCH_GRACE_SECONDS
+        due = schedule.next_due(self.queues)
+        if due is not None and due.timestamp() <= soon:
+            return False
+        if self.broker.kind == "django":
+            from datetime import UTC, datetime
+
+            from django_ray.models import QueueMessage
+
+            horizon = datetime.fromtimestamp(soon, tz=UTC)
+            rows = QueueMessage.objects.filter(visible_at__lte=horizon)
+            if "*" not in self.queues:
+                rows = rows.filter(queue__in=self.queues)
+            return not rows.exists()
+        return True

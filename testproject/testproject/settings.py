@@ -1,0 +1,96 @@
+"""Settings for the demo and the test suite.
+
+The embedded default needs no server: SQLite and the ``django://`` broker. Environment
+variables switch parts to real services:
+
+* ``DJANGO_RAY_DB=postgres`` - PostgreSQL on 127.0.0.1:5432 (``DJANGO_RAY_PG_NAME``, default ``test``).
+* ``DJANGO_RAY_DB_NAME`` - the SQLite file (a worker subprocess uses the test database).
+* ``DJANGO_RAY_BROKER`` - broker URL, e.g. ``redis://127.0.0.1:6379/5``.
+"""
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "django-ray-demo-not-secret")
+DEBUG = False
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_ray",
+    "demo",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+ROOT_URLCONF = "testproject.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+if os.environ.get("DJANGO_RAY_DB") == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ.get("DJANGO_RAY_PG_NAME", "test"),
+            "USER": "postgres",
+            "HOST": "127.0.0.1",
+            "PORT": "5432",
+            "TEST": {"NAME": os.environ.get("DJANGO_RAY_PG_TEST_NAME", "test_django_ray")},
+        }
+    }
+else:
+    _sqlite = os.environ.get("DJANGO_RAY_DB_NAME", str(BASE_DIR / "demo.sqlite3"))
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": _sqlite,
+            # Workers and producers share the file: wait for locks instead of failing.
+            "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
+            "TEST": {"NAME": os.environ.get("DJANGO_RAY_TEST_DB_NAME", _sqlite + ".test")},
+        }
+    }
+
+TASKS = {
+    "default": {
+        "BACKEND": "django_ray.backend.RayTaskBackend",
+        "QUEUES": [],
+    }
+}
+
+DJANGO_RAY = {
+    "BROKER_URL": os.environ.get("DJANGO_RAY_BROKER", "django://"),
+    "TASK_MODULES": [m for m in os.environ.get("DJANGO_RAY_TASK_MODULES", "").split(",") if m],
+    "RAY_ADDRESS": os.environ.get("DJANGO_RAY_RAY_ADDRESS") or None,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"django_ray": {"handlers": ["console"], "level": "INFO"}},
+}
+
+STATIC_URL = "static/"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
