@@ -20,7 +20,7 @@ from django_ray.transport import publish_now
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["park", "publish_due", "next_due"]
+__all__ = ["next_due", "park", "publish_due"]
 
 
 def park(message: TaskMessage) -> bool:

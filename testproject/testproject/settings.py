@@ -3,7 +3,7 @@
 The embedded default needs no server: SQLite and the ``django://`` broker. Environment
 variables switch parts to real services:
 
-* ``DJANGO_RAY_DB=postgres`` - PostgreSQL on 127.0.0.1:5432 (``DJANGO_RAY_PG_NAME``, default ``test``).
+* ``DJANGO_RAY_DB=postgres`` - PostgreSQL on 127.0.0.1:5432 (database ``DJANGO_RAY_PG_NAME``).
 * ``DJANGO_RAY_DB_NAME`` - the SQLite file (a worker subprocess uses the test database).
 * ``DJANGO_RAY_BROKER`` - broker URL, e.g. ``redis://127.0.0.1:6379/5``.
 """

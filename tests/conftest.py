@@ -1,0 +1,61 @@
+"""Shared fixtures: settings per broker, and a worker run as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _register_test_tasks() -> None:
+    # The worker finds test tasks through TASK_MODULES, as a project lists its own.
+    settings.DJANGO_RAY = {**settings.DJANGO_RAY, "TASK_MODULES": ["tests.tasks"]}
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """Environment for a worker subprocess that shares this test session's database."""
+    env = dict(os.environ)
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        env["DJANGO_RAY_DB_NAME"] = str(db["NAME"])
+    else:
+        env["DJANGO_RAY_DB"] = "postgres"
+        env["DJANGO_RAY_PG_NAME"] = str(db["NAME"])
+    env["DJANGO_RAY_BROKER"] = settings.DJANGO_RAY["BROKER_URL"]
+    env["DJANGO_RAY_TASK_MODULES"] = "tests.tasks"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "testproject")])
+    env.update(extra)
+    return env
+
+
+def worker_command(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "testproject" / "manage.py"), "django_ray_worker", *args]
+
+
+def run_worker(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``django_ray_worker`` to completion (use --batch or --max-tasks)."""
+    return subprocess.run(
+        worker_command(*args), env=worker_env(**env), capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Point DJANGO_RAY at the broker named by the test's parameter (default django://)."""
+    from tests.services import require_rabbitmq, require_redis
+
+    kind = getattr(request, "param", "django")
+    url = {"django": lambda: "django://", "redis": require_redis, "amqp": require_rabbitmq}[kind]()
+    old = settings.DJANGO_RAY
+    settings.DJANGO_RAY = {**old, "BROKER_URL": url}
+    yield url
+    settings.DJANGO_RAY = old

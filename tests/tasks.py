@@ -1,0 +1,92 @@
+"""Task functions shared by the tests (imported by workers through TASK_MODULES)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from django.tasks import TaskContext, task
+
+
+class CustomError(Exception):
+    """A project-specific exception whose dotted path must survive."""
+
+
+@task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@task
+def noop() -> None:
+    return None
+
+
+@task(queue_name="other")
+def on_other_queue(value: str) -> str:
+    return value.upper()
+
+
+@task
+def fail(message: str) -> None:
+    raise CustomError(message)
+
+
+@task
+def non_json_result() -> object:
+    return object()
+
+
+@task(takes_context=True)
+def with_context(context: TaskContext, value: int) -> dict[str, object]:
+    return {
+        "attempt": context.attempt,
+        "id": context.task_result.id,
+        "status": str(context.task_result.status),
+        "value": value,
+    }
+
+
+@task
+async def async_add(x: int, y: int) -> int:
+    await asyncio.sleep(0)
+    return x + y
+
+
+@task(max_attempts=3, retry_delay=0, takes_context=True)
+def flaky(context: TaskContext, succeed_on: int) -> int:
+    if context.attempt < succeed_on:
+        raise CustomError(f"attempt {context.attempt} failed")
+    return context.attempt
+
+
+@task
+def record_order(path: str, label: str) -> str:
+    with Path(path).open("a") as fh:
+        fh.write(label + "\n")
+    return label
+
+
+@task
+def sleep_then_touch(seconds: float, path: str) -> str:
+    time.sleep(seconds)
+    Path(path).write_text(str(os.getpid()))
+    return path
+
+
+@task
+def count_records() -> int:
+    from django_ray.models import TaskRecord
+
+    return TaskRecord.objects.count()
+
+
+@task
+def cpu_bound(milliseconds: int) -> int:
+    deadline = time.perf_counter() + milliseconds / 1000
+    n = 0
+    while time.perf_counter() < deadline:
+        n += 1
+    return n
