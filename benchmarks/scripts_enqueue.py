@@ -25,6 +25,20 @@ def main() -> None:
         for _ in range(count):
             task.enqueue()
         print(json.dumps({"seconds": time.perf_counter() - start}))
+    elif command == "latency":
+        queue, samples = rest[0], int(rest[1])
+        task = bench_tasks.noop.using(queue_name=queue)
+        latencies = []
+        for _ in range(samples + 1):  # the first one waits for the worker to start
+            result = task.enqueue()
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                record = TaskRecord.objects.get(pk=result.id)
+                if record.finished_at:
+                    latencies.append((record.finished_at - record.enqueued_at).total_seconds())
+                    break
+                time.sleep(0.002)
+        print(json.dumps({"latencies": latencies[1:]}))
     elif command == "drain-window":
         queue = rest[0]
         rows = TaskRecord.objects.filter(queue=queue)

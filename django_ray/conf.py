@@ -37,6 +37,13 @@ DEFAULTS: dict[str, Any] = {
     "RESULT_EXPIRES": None,
     # Seconds between two looks at the durable ETA schedule.
     "SCHEDULE_INTERVAL": 0.5,
+    # Base Ray runtime_env for task processes (merged under what django-ray adds).
+    "RAY_RUNTIME_ENV": {},
+    # Environment variables copied into Ray workers and jobs, besides DJANGO_SETTINGS_MODULE,
+    # PYTHONPATH and every DJANGO_RAY_* variable.
+    "RAY_ENV_VARS": [],
+    # Seconds between two status polls of a running Ray job.
+    "JOB_POLL_INTERVAL": 0.25,
 }
 
 

@@ -1,0 +1,161 @@
+"""Ray Job mode (the default): each task attempt is one Ray job.
+
+Jobs are submitted with ``JobSubmissionClient`` to ``DJANGO_RAY["RAY_ADDRESS"]``. The
+entrypoint is ``python -m django_ray.runtime.job`` with the message as one URL-safe
+base64 argument: no task data is interpolated into a shell command. Submission ids are
+deterministic per task attempt (``django-ray-<task id>-<retries>``), so a restarted worker
+that receives the same attempt again attaches to the existing job instead of submitting
+it twice. Statuses are polled every ``JOB_POLL_INTERVAL`` seconds; a job that died
+(killed, OOM, node lost) is retried if attempts remain, else FAILED.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django_ray import conf
+from django_ray.exceptions import ModeNotAvailable
+from django_ray.message import TaskMessage
+from django_ray.runners.base import BaseRunner, Completion
+from django_ray.runners.ray_support import lost_attempt, ray_options_for, runtime_env
+from django_ray.runtime.job import encode_argument
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["JobRunner", "submission_id"]
+
+FINISHED_STATES = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def submission_id(message: TaskMessage) -> str:
+    """Return the job id of this attempt of ``message`` (the same after a worker restart)."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in message.id)[:100]
+    return f"django-ray-{safe}-{message.retries}"
+
+
+@dataclass
+class _Job:
+    message: TaskMessage
+    delivery: Any
+    deadline: float | None
+
+
+class JobRunner(BaseRunner):
+    mode = "job"
+
+    def __init__(self, *, worker_id: str, concurrency: int | None = None, **options: Any):
+        super().__init__(worker_id=worker_id, concurrency=concurrency or 4, **options)
+        self.address = options.get("address") or conf.get("RAY_ADDRESS")
+        if not self.address:
+            raise ModeNotAvailable(
+                "Ray Job mode needs DJANGO_RAY['RAY_ADDRESS'] (the Ray dashboard/Jobs address, "
+                "e.g. 'http://127.0.0.1:8265'); or run the worker with --local or --sync."
+            )
+        self.client: Any = None
+        self._jobs: dict[str, _Job] = {}
+        self._done: list[Completion] = []
+        self._next_poll = 0.0
+
+    def start(self) -> None:
+        from django_ray import ray_connect
+
+        self.client = ray_connect.job_client(self.address, token=conf.get("RAY_AUTH_TOKEN"))
+
+    def describe(self) -> str:
+        return f"{super().describe()}, Ray Jobs at {self.address}"
+
+    def submit(self, message: TaskMessage, delivery: Any) -> None:
+        job_id = submission_id(message)
+        options = ray_options_for(message)
+        entrypoint = " ".join(
+            shlex.quote(part)
+            for part in (sys.executable, "-m", "django_ray.runtime.job",
+                         f"{self.worker_id}/job", encode_argument(message))
+        )  # fmt: skip
+        extra_env = options.get("runtime_env")
+        try:
+            self.client.submit_job(
+                entrypoint=entrypoint,
+                submission_id=job_id,
+                runtime_env=runtime_env(extra_env),
+                entrypoint_num_cpus=options.get("entrypoint_num_cpus"),
+                entrypoint_num_gpus=options.get("entrypoint_num_gpus"),
+                entrypoint_memory=options.get("entrypoint_memory"),
+                entrypoint_resources=options.get("entrypoint_resources"),
+            )
+        except RuntimeError as e:
+            if "already exists" not in str(e):
+                raise
+            logger.info("Job %s already submitted; attaching to it.", job_id)
+        deadline = time.monotonic() + message.time_limit if message.time_limit else None
+        self._jobs[job_id] = _Job(message, delivery, deadline)
+
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    def poll(self, timeout: float = 0) -> list[Completion]:
+        now = time.monotonic()
+        if self._jobs and now < self._next_poll and timeout:
+            time.sleep(min(timeout, self._next_poll - now))
+        if self._jobs and time.monotonic() >= self._next_poll:
+            self._next_poll = time.monotonic() + float(conf.get("JOB_POLL_INTERVAL"))
+            for job_id in list(self._jobs):
+                self._check(job_id)
+        done, self._done = self._done, []
+        return done
+
+    def _check(self, job_id: str) -> None:
+        job = self._jobs[job_id]
+        try:
+            status = str(self.client.get_job_status(job_id))
+        except Exception as e:  # the Jobs API is unreachable: give the message back
+            logger.error("Could not read the status of job %s: %s", job_id, e)
+            self._jobs.pop(job_id)
+            self._done.append(Completion(job.message, job.delivery, error=e))
+            return
+        status = status.rsplit(".", 1)[-1]
+        if status not in FINISHED_STATES:
+            if job.deadline is not None and time.monotonic() >= job.deadline:
+                self.client.stop_job(job_id)
+            return
+        self._jobs.pop(job_id)
+        self._done.append(Completion(job.message, job.delivery, outcome=self._outcome(job, status)))
+
+    def _outcome(self, job: _Job, status: str) -> Any:
+        from django.db import close_old_connections
+
+        from django_ray.records import record_for
+        from django_ray.runtime.execute import Outcome
+
+        close_old_connections()
+        record = record_for(job.message)
+        if status == "SUCCEEDED" or record.is_finished or record.status == "RETRYING":
+            return Outcome(task_id=job.message.id, status=record.status)
+        if job.deadline is not None and time.monotonic() >= job.deadline:
+            from django_ray.runners.local import _time_limit_exceeded
+
+            return _time_limit_exceeded(job.message, self.worker_id)
+        info = self._job_message(submission_id(job.message))
+        return lost_attempt(job.message, self.worker_id, f"Ray job {status}: {info}")
+
+    def _job_message(self, job_id: str) -> str:
+        try:
+            return str(self.client.get_job_info(job_id).message or "")[:500]
+        except Exception:
+            return ""
+
+    def shutdown(self, *, wait: bool = True) -> None:
+        while wait and self._jobs:
+            self._done.extend(self.poll(0.2))
+        if not wait:
+            for job_id in list(self._jobs):
+                try:
+                    self.client.stop_job(job_id)
+                except Exception:
+                    logger.debug("Could not stop job %s.", job_id, exc_info=True)
+            self._jobs.clear()

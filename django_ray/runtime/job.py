@@ -1,0 +1,55 @@
+"""Ray Job entrypoint: ``python -m django_ray.runtime.job <worker-id> <encoded message>``.
+
+The message travels as URL-safe base64 of its protocol-v2 JSON parts, so nothing a
+producer wrote is ever interpreted by the shell that starts the job. The job sets Django
+up, runs the one execution path, publishes the follow-up messages (retries, chain steps)
+itself and exits 0 once the outcome is stored; the worker then reads the record.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+
+from django_ray.message import TaskMessage, decode
+
+__all__ = ["decode_argument", "encode_argument", "main"]
+
+
+def encode_argument(message: TaskMessage) -> str:
+    """Return ``message`` as one shell-safe argument (URL-safe base64 of JSON)."""
+    parts = {"headers": message.wire_headers(), "body": message.wire_body(), "queue": message.queue}
+    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode("ascii")
+
+
+def decode_argument(value: str) -> TaskMessage:
+    parts = json.loads(base64.urlsafe_b64decode(value.encode("ascii")))
+    return decode(
+        headers=parts["headers"],
+        body=parts["body"],
+        content_type="application/json",
+        queue=parts["queue"],
+    )
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m django_ray.runtime.job <worker-id> <message>", file=sys.stderr)
+        return 2
+    worker_id, encoded = argv
+    from django_ray.runtime.execute import execute, setup_django
+
+    setup_django()
+    from django_ray.transport import publish_now
+
+    message = decode_argument(encoded)
+    outcome = execute(message, worker_id=worker_id)
+    for follow_up in outcome.publish:
+        publish_now(follow_up)
+    print(json.dumps({"task_id": outcome.task_id, "status": outcome.status}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
