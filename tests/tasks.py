@@ -90,3 +90,40 @@ def cpu_bound(milliseconds: int) -> int:
     while time.perf_counter() < deadline:
         n += 1
     return n
+
+
+@task(max_attempts=2, takes_context=True)
+def crash_first_attempt(context: TaskContext) -> int:
+    """Kill the process running the first attempt (a dead Ray worker or job)."""
+    if context.attempt == 1:
+        os._exit(17)
+    return context.attempt
+
+
+@task
+def crash_always() -> None:
+    os._exit(17)
+
+
+@task(time_limit=2)
+def overrun(seconds: float) -> str:
+    time.sleep(seconds)
+    return "finished"
+
+
+@task
+def fan_out(values: list[int]) -> list[int]:
+    from django_ray.runtime.distributed import get_num_workers, parallel_map
+
+    factor = 10 if get_num_workers() >= 1 else 0
+    return parallel_map(lambda v: v * factor, values)
+
+
+@task(takes_context=True)
+def slow_first_attempt(context: TaskContext, seconds: float, path: str) -> int:
+    """Sleep on the first attempt only (a worker stopped mid-task hands it to the next)."""
+    Path(path).with_suffix(".started").write_text(str(context.attempt))
+    if context.attempt == 1:
+        time.sleep(seconds)
+    Path(path).write_text(str(context.attempt))
+    return context.attempt

@@ -42,7 +42,8 @@ def submission_id(message: TaskMessage) -> str:
 class _Job:
     message: TaskMessage
     delivery: Any
-    deadline: float | None
+    # The hard time limit counts from when the job is seen RUNNING, not from submission.
+    deadline: float | None = None
 
 
 class JobRunner(BaseRunner):
@@ -92,8 +93,7 @@ class JobRunner(BaseRunner):
             if "already exists" not in str(e):
                 raise
             logger.info("Job %s already submitted; attaching to it.", job_id)
-        deadline = time.monotonic() + message.time_limit if message.time_limit else None
-        self._jobs[job_id] = _Job(message, delivery, deadline)
+        self._jobs[job_id] = _Job(message, delivery)
 
     def in_flight(self) -> int:
         return len(self._jobs)
@@ -120,6 +120,9 @@ class JobRunner(BaseRunner):
             return
         status = status.rsplit(".", 1)[-1]
         if status not in FINISHED_STATES:
+            limit = job.message.time_limit
+            if status == "RUNNING" and limit and job.deadline is None:
+                job.deadline = time.monotonic() + limit
             if job.deadline is not None and time.monotonic() >= job.deadline:
                 self.client.stop_job(job_id)
             return

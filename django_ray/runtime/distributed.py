@@ -1,0 +1,190 @@
+"""Fan work out from inside a task: Ray tasks when Ray is up, a plain loop otherwise.
+
+Under Ray (the worker's local and cluster modes, Ray workers, and Ray job entrypoints, which
+connect lazily through ``RAY_ADDRESS``) each call becomes a Ray task. Functions travel with
+cloudpickle, so closures and lambdas work. Results keep input order, at most
+``max_in_flight`` tasks run at once, and the first failure cancels the remaining work and
+re-raises the original exception. Without Ray the same calls run in this process, in order.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+    from ray.remote_function import RemoteFunction
+
+__all__ = [
+    "get_num_workers",
+    "get_ray_resources",
+    "parallel_map",
+    "parallel_starmap",
+    "scatter_gather",
+]
+
+Call = tuple[Callable[..., Any], Sequence[Any], dict[str, Any]]
+
+MIN_IN_FLIGHT = 16  # default window: max(MIN_IN_FLIGHT, 4 x cluster CPUs)
+_connect_lock = threading.Lock()
+
+
+def parallel_map[T, R](
+    func: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    max_in_flight: int | None = None,
+    **ray_options: Any,
+) -> list[R]:
+    """Return ``[func(item) for item in items]``, computed as parallel Ray tasks when possible."""
+    return _run([(func, (item,), {}) for item in items], max_in_flight, ray_options)
+
+
+def parallel_starmap[R](
+    func: Callable[..., R],
+    args_list: Iterable[Sequence[Any]],
+    *,
+    max_in_flight: int | None = None,
+    **ray_options: Any,
+) -> list[R]:
+    """Return ``[func(*args) for args in args_list]``, computed in parallel when possible."""
+    return _run([(func, tuple(args), {}) for args in args_list], max_in_flight, ray_options)
+
+
+def scatter_gather(
+    tasks: Iterable[Callable[[], Any] | tuple[Any, ...]],
+    *,
+    max_in_flight: int | None = None,
+    **ray_options: Any,
+) -> list[Any]:
+    """Run callables or ``(func, args)`` / ``(func, args, kwargs)`` tuples; return their results."""
+    return _run([_as_call(task) for task in tasks], max_in_flight, ray_options)
+
+
+def get_num_workers() -> int:
+    """Return the number of CPUs of the Ray cluster (at least 1), or 1 without Ray."""
+    if not _ray_ready():
+        return 1
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 0)))
+
+
+def get_ray_resources() -> dict[str, float]:
+    """Return ``ray.cluster_resources()``, or ``{}`` without Ray."""
+    if not _ray_ready():
+        return {}
+    import ray
+
+    return dict(ray.cluster_resources())
+
+
+def _as_call(task: Callable[[], Any] | tuple[Any, ...]) -> Call:
+    """Normalise one ``scatter_gather`` entry to ``(func, args, kwargs)``."""
+    if callable(task):
+        return task, (), {}
+    if isinstance(task, tuple) and len(task) in (2, 3) and callable(task[0]):
+        args, kwargs = task[1], task[2] if len(task) == 3 else {}
+        if isinstance(args, list | tuple) and isinstance(kwargs, dict):
+            return task[0], tuple(args), kwargs
+    raise TypeError(
+        f"scatter_gather() got {task!r}; pass a callable or a (func, args) or "
+        "(func, args, kwargs) tuple with args a tuple and kwargs a dict."
+    )
+
+
+def _ray_ready() -> bool:
+    """Return True if Ray is initialised here, connecting first inside a Ray job entrypoint."""
+    loaded = sys.modules.get("ray")  # never imported means never initialised: stay cheap
+    if loaded is not None and loaded.is_initialized():
+        return True
+    address = os.environ.get("RAY_ADDRESS", "")
+    if not address or address.startswith(("http://", "https://")):  # no cluster, or Jobs API
+        return False
+    import ray
+
+    from django_ray.ray_connect import init_cluster
+
+    with _connect_lock:
+        if not ray.is_initialized():
+            init_cluster(address)  # a Ray job entrypoint: RAY_ADDRESS names its cluster
+    return True
+
+
+def _run(calls: list[Call], max_in_flight: int | None, options: dict[str, Any]) -> list[Any]:
+    if max_in_flight is not None and max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}.")
+    if not calls:
+        return []
+    if not _ray_ready():
+        return [func(*args, **kwargs) for func, args, kwargs in calls]
+    window = max_in_flight or max(MIN_IN_FLIGHT, 4 * get_num_workers())
+    remote = _remote_invoke().options(**{"max_retries": 0, **options})
+    return _run_on_ray(calls, window, remote)
+
+
+def _run_on_ray(calls: list[Call], window: int, remote: RemoteFunction) -> list[Any]:
+    """Submit ``calls`` with at most ``window`` in flight; keep order; stop at the first error."""
+    import ray
+
+    results: list[Any] = [None] * len(calls)
+    pending: dict[ObjectRef[Any], int] = {}
+    func_refs: dict[int, ObjectRef[Any]] = {}  # each distinct function is uploaded once
+    submitted = 0
+    try:
+        while submitted < len(calls) or pending:
+            while submitted < len(calls) and len(pending) < window:
+                func, args, kwargs = calls[submitted]
+                if id(func) not in func_refs:
+                    func_refs[id(func)] = ray.put(func)
+                pending[remote.remote(func_refs[id(func)], *args, **kwargs)] = submitted
+                submitted += 1
+            ready, rest = ray.wait(list(pending), num_returns=1)
+            if rest:  # collect everything else that is already done, without waiting
+                ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+            for ref in ready:
+                results[pending.pop(ref)] = _get(ref)
+    except BaseException:
+        _cancel(pending)  # un-submitted calls are simply never sent
+        raise
+    return results
+
+
+def _get(ref: ObjectRef[Any]) -> Any:
+    """Return the value of ``ref``, re-raising a failed task's original exception."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(ref)
+    except RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            raise cause from exc  # the chained RayTaskError carries the remote traceback
+        raise
+
+
+def _cancel(pending: dict[ObjectRef[Any], int]) -> None:
+    import ray
+
+    for ref in pending:
+        with suppress(Exception):  # already finished or gone: nothing left to stop
+            ray.cancel(ref, recursive=True)
+
+
+@cache
+def _remote_invoke() -> RemoteFunction:
+    """Build the Ray task that runs every call; nested, so workers need not import django_ray."""
+    import ray
+
+    def invoke(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    invoke.__qualname__ = invoke.__name__ = "django_ray_call"  # how it shows in the dashboard
+    return ray.remote(max_retries=0)(invoke)

@@ -1,0 +1,206 @@
+"""A throwaway Ray head node for tests, started with ``ray start`` and token authentication.
+
+Use it from a test module or a conftest::
+
+    from tests.raycluster import ray_head_fixture
+
+    ray_head = ray_head_fixture()  # module-scoped fixture yielding a started RayHead
+
+    def test_something(ray_head):
+        subprocess.run([...], env={**os.environ, **ray_head.env()})
+
+The head gets its own ports (never 6379, 10001 or 8265), its own short ``--temp-dir`` and
+a fresh token. :meth:`RayHead.stop` ends only the processes of the session it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RAY_EXE = Path(sys.executable).parent / "ray"
+START_TIMEOUT_S = 60.0
+
+
+class RayHeadError(RuntimeError):
+    """The Ray head could not be started."""
+
+
+def free_port() -> int:
+    """Return a TCP port that is free on 127.0.0.1 right now (never Redis' 6379)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port != 6379:
+            return port
+
+
+def session_pids(sid: int) -> list[int]:
+    """Return the pids of live processes whose session id is ``sid``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp session
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+class RayHead:
+    """A single-node Ray cluster on 127.0.0.1 with 2 CPUs and token authentication."""
+
+    def __init__(self, num_cpus: int = 2) -> None:
+        self.num_cpus = num_cpus
+        self.token = secrets.token_hex(32)
+        self.port = free_port()
+        self.dashboard_port = free_port()
+        self.client_port = free_port()
+        self.temp_dir = ""
+        self.sid: int | None = None
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def client_address(self) -> str:
+        return f"ray://127.0.0.1:{self.client_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def env(self) -> dict[str, str]:
+        """Return the environment variables a client process needs to use this head."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+
+    def command(self) -> list[str]:
+        return [
+            str(RAY_EXE), "start", "--head", f"--port={self.port}",
+            f"--num-cpus={self.num_cpus}", "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+            f"--ray-client-server-port={self.client_port}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            "--min-worker-port=0", "--max-worker-port=0",
+            f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
+        ]  # fmt: skip
+
+    def start(self) -> RayHead:
+        """Run ``ray start --head`` in a new session and wait until the Jobs API answers."""
+        # A short path: Ray's Unix sockets live below it and must stay under 107 bytes.
+        self.temp_dir = tempfile.mkdtemp(prefix="drh", dir="/tmp")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDR"))}
+        env.update(self.env(), RAY_USAGE_STATS_ENABLED="0")
+        log = Path(self.temp_dir) / "ray-start.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                self.command(), env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+            self.sid = proc.pid
+            try:
+                code = proc.wait(timeout=START_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                code = None
+        if code != 0:
+            tail = log.read_text(errors="replace")[-2000:]
+            self.stop()
+            raise RayHeadError(f"`ray start --head` failed (exit {code}):\n{tail}")
+        self._wait_for_dashboard()
+        return self
+
+    def _wait_for_dashboard(self) -> None:
+        request = urllib.request.Request(
+            f"{self.dashboard_url}/api/version", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(request, timeout=2):
+                    return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.3)
+        self.stop()
+        raise RayHeadError(f"The Ray dashboard at {self.dashboard_url} never answered.")
+
+    def stop(self, grace: float = 3.0) -> None:
+        """Terminate every process of the head's session (SIGTERM, then SIGKILL)."""
+        if self.sid is not None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                for pid in session_pids(self.sid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+                deadline = time.monotonic() + grace
+                while session_pids(self.sid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            self.sid = None
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.temp_dir = ""
+
+    def __enter__(self) -> RayHead:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def ray_unavailable(reason: str) -> None:
+    """Skip the calling test because Ray is unusable, or fail it under ``CI=true``."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI must be able to run Ray.")
+    pytest.skip(reason)
+
+
+def require_ray() -> Any:
+    """Return the ``ray`` module, or skip (fail under ``CI=true``) when Ray cannot run here."""
+    try:
+        import ray
+    except ImportError as exc:
+        ray_unavailable(f"Ray is not installed ({exc})")
+    if not RAY_EXE.exists():
+        ray_unavailable(f"The `ray` executable is missing next to {sys.executable}")
+    return ray
+
+
+def ray_head_fixture(
+    scope: Literal["session", "package", "module", "class", "function"] = "module",
+) -> Callable[..., Iterator[RayHead]]:
+    """Build a pytest fixture that yields a started :class:`RayHead` and stops it afterwards."""
+
+    @pytest.fixture(scope=scope)
+    def ray_head() -> Iterator[RayHead]:
+        require_ray()
+        head = RayHead()
+        try:
+            head.start()
+        except RayHeadError as exc:
+            ray_unavailable(f"Ray cannot start a head node here: {exc}")
+        try:
+            yield head
+        finally:
+            head.stop()
+
+    return ray_head

@@ -1,0 +1,268 @@
+"""parallel_map & co. in-process and on a real local Ray; ray_connect against a token-auth head."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from django_ray.exceptions import ModeNotAvailable
+from django_ray.ray_connect import auth_env, init_local, job_client, shutdown
+from django_ray.runtime.distributed import (
+    get_num_workers,
+    get_ray_resources,
+    parallel_map,
+    parallel_starmap,
+    scatter_gather,
+)
+from tests.raycluster import ROOT, free_port, ray_head_fixture, require_ray
+
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
+
+ray_head = ray_head_fixture()
+
+try:  # ship this module's functions and classes to Ray workers by value, whatever the cwd
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+except ImportError:  # pragma: no cover - the Ray tests skip
+    pass
+
+
+class Boom(Exception):
+    """Raised on purpose by the functions under test."""
+
+
+def explode_on(bad: int, marker_dir: Path | None = None) -> Any:
+    """Return a function that raises Boom for ``bad`` and otherwise sleeps, then leaves a mark."""
+
+    def work(item: int) -> int:
+        if item == bad:
+            raise Boom(f"item {item} exploded")
+        if marker_dir is not None:
+            time.sleep(1.5)
+            (marker_dir / str(item)).touch()
+        return item
+
+    return work
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Hide Ray's address and token settings (restored afterwards); HOME has no token."""
+    for name in AUTH_VARS:
+        monkeypatch.setenv(name, "x")  # records the original value, so teardown restores it
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def no_ray(clean_env: Path) -> None:
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        pytest.skip("Ray was left initialised by another test")
+
+
+# Without Ray: everything runs in this process, in order.
+
+
+def test_in_process_map_keeps_order_and_closures(no_ray: None) -> None:
+    offset = 10
+    assert parallel_map(lambda x: x + offset, range(5)) == [10, 11, 12, 13, 14]
+    assert parallel_starmap(pow, [(2, 3), (3, 2)]) == [8, 9]
+    assert parallel_map(str, []) == [] and scatter_gather([]) == []
+
+
+def test_in_process_exception_propagates_and_stops(no_ray: None) -> None:
+    seen: list[int] = []
+
+    def work(item: int) -> int:
+        seen.append(item)
+        return explode_on(2)(item)
+
+    with pytest.raises(Boom, match="item 2 exploded"):
+        parallel_map(work, range(5))
+    assert seen == [0, 1, 2]
+
+
+def test_in_process_scatter_gather_forms(no_ray: None) -> None:
+    tasks: list[Any] = [lambda: "a", (pow, (2, 5)), (sorted, ([3, 1, 2],), {"reverse": True})]
+    assert scatter_gather(tasks) == ["a", 32, [3, 2, 1]]
+    with pytest.raises(TypeError, match=r"\(func, args\)"):
+        scatter_gather([(pow, 2)])
+    with pytest.raises(ValueError, match="max_in_flight"):
+        parallel_map(abs, [1], max_in_flight=0)
+
+
+def test_in_process_cluster_info(no_ray: None) -> None:
+    assert get_num_workers() == 1
+    assert get_ray_resources() == {}
+
+
+def test_plain_process_never_starts_ray(clean_env: Path) -> None:
+    code = (
+        "import sys\nfrom django_ray.runtime.distributed import get_num_workers, parallel_map\n"
+        "print(parallel_map(abs, [-1, -2]), get_num_workers(), 'ray' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["[1,", "2]", "1", "False"], out.stderr
+
+
+def test_auth_env_sources(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert auth_env(None) == {}
+    assert auth_env(" t0k ") == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "t0k"}
+    (clean_env / ".ray").mkdir()
+    (clean_env / ".ray" / "auth_token").write_text("from-file")
+    assert auth_env(None) == {"RAY_AUTH_MODE": "token"}
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(clean_env / ".ray" / "auth_token"))
+    assert auth_env(None)["RAY_AUTH_TOKEN_PATH"].endswith("auth_token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert auth_env(None) == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "from-env"}
+
+
+@pytest.mark.ray
+def test_lazy_connect_fails_clearly_for_a_dead_ray_address(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_ray()
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")
+    with pytest.raises(ModeNotAvailable, match="Cannot reach the Ray cluster"):
+        parallel_map(abs, [1])
+
+
+# With a real local Ray (2 CPUs).
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[dict[str, Any]]:
+    ray = require_ray()
+    if ray.is_initialized():
+        pytest.skip("Ray was left initialised by another test")
+    with pytest.MonkeyPatch.context() as patch:  # Ray exports RAY_AUTH_MODE=token itself
+        for name in AUTH_VARS:
+            patch.setenv(name, "x")
+            patch.delenv(name)
+        yield init_local(num_cpus=2, include_dashboard=False)
+        shutdown()
+
+
+@pytest.mark.ray
+def test_ray_map_keeps_order_with_bounded_window(local_ray: dict[str, Any]) -> None:
+    factor = 3
+    assert parallel_map(lambda x: x * factor, range(500), max_in_flight=8) == [
+        x * factor for x in range(500)
+    ]
+    assert parallel_starmap(lambda a, b: a - b, [(5, 1), (9, 4)], num_cpus=0.5) == [4, 5]
+    assert scatter_gather([lambda: factor, (divmod, (7, 2)), (max, ([1, 9],), {"default": 0})]) == [
+        3,
+        (3, 1),
+        9,
+    ]
+    assert parallel_map(abs, []) == []
+
+
+@pytest.mark.ray
+def test_ray_reraises_original_exception_and_cancels_the_rest(
+    local_ray: dict[str, Any], tmp_path: Path
+) -> None:
+    from ray.exceptions import RayTaskError
+
+    started = time.monotonic()
+    with pytest.raises(Boom, match=r"^item 0 exploded$") as caught:
+        parallel_map(explode_on(0, tmp_path), range(20), max_in_flight=4)
+    assert type(caught.value) is Boom
+    assert isinstance(caught.value.__cause__, RayTaskError)  # carries the remote traceback
+    assert time.monotonic() - started < 1.5  # did not wait for the sleeping items
+    time.sleep(2.0)  # longer than each item sleeps: a survivor would have left its mark
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.ray
+def test_ray_cluster_info(local_ray: dict[str, Any]) -> None:
+    assert get_num_workers() == 2
+    assert get_ray_resources()["CPU"] == 2
+    assert init_local() == {"address": local_ray["address"], "dashboard_url": None}
+
+
+# Against a `ray start --head` cluster with token authentication, from fresh processes.
+
+CLUSTER_SCRIPT = """
+import json, sys, time
+from django_ray.exceptions import ModeNotAvailable
+from django_ray.ray_connect import init_cluster, job_client, shutdown
+from django_ray.runtime.distributed import get_num_workers, parallel_map
+
+gcs, client, token = sys.argv[1:4]
+out = {}
+for name, address, tok in [("wrong", gcs, "wrong"), ("none", gcs, None), ("client", client, "x")]:
+    started = time.monotonic()
+    try:
+        init_cluster(address, token=tok)
+        out[name] = ["connected", 0]
+    except ModeNotAvailable as exc:
+        out[name] = [str(exc), time.monotonic() - started]
+out["info"] = init_cluster(gcs, token=token)
+out["squares"] = parallel_map(lambda x: x * x, range(6), max_in_flight=2)
+out["workers"] = get_num_workers()
+out["jobs_url"] = job_client(gcs, token=token).get_address()
+shutdown()
+print("RESULT" + json.dumps(out))
+"""
+
+
+def run_python(code: str, *args: str, home: Path, **env: str) -> str:
+    """Run ``code`` in a fresh interpreter without any inherited Ray address or token."""
+    base = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
+    base.update(HOME=str(home), PYTHONPATH=str(ROOT), **env)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], env=base, capture_output=True, text=True, timeout=90
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.ray
+def test_cluster_token_auth(ray_head: Any, tmp_path: Path) -> None:
+    stdout = run_python(
+        CLUSTER_SCRIPT, ray_head.gcs_address, ray_head.client_address, ray_head.token, home=tmp_path
+    )
+    out = json.loads(stdout.split("RESULT", 1)[1])
+    for name, needle in [("wrong", "rejected the token"), ("none", "none was found")]:
+        message, seconds = out[name]
+        assert needle in message and ray_head.gcs_address in message, message
+        assert seconds < 15
+    assert "rejected the token" in out["client"][0] and out["client"][1] < 15
+    assert "wrong" not in json.dumps(out["info"]) and ray_head.token not in stdout
+    assert out["squares"] == [0, 1, 4, 9, 16, 25] and out["workers"] == 2
+    assert out["jobs_url"] == ray_head.dashboard_url
+
+
+@pytest.mark.ray
+def test_job_entrypoint_fans_out_on_its_cluster(ray_head: Any) -> None:
+    with pytest.raises(ModeNotAvailable, match="wrong token"):
+        job_client(ray_head.dashboard_url, token="wrong")
+    client = job_client(ray_head.dashboard_url, token=ray_head.token)
+    code = (
+        "from django_ray.runtime.distributed import get_num_workers, parallel_map; "
+        "print('RESULT', parallel_map(lambda x: x + 1, range(4)), get_num_workers())"
+    )
+    job_id = client.submit_job(
+        entrypoint=f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}",
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+    )
+    deadline = time.monotonic() + 45
+    while client.get_job_status(job_id).value not in {"SUCCEEDED", "FAILED", "STOPPED"}:
+        assert time.monotonic() < deadline, client.get_job_logs(job_id)
+        time.sleep(0.5)
+    logs = client.get_job_logs(job_id)
+    assert "RESULT [1, 2, 3, 4] 2" in logs, logs
