@@ -6,6 +6,8 @@ variables switch parts to real services:
 * ``DJANGO_RAY_DB=postgres`` - PostgreSQL on 127.0.0.1:5432 (database ``DJANGO_RAY_PG_NAME``).
 * ``DJANGO_RAY_DB_NAME`` - the SQLite file (a worker subprocess uses the test database).
 * ``DJANGO_RAY_BROKER`` - broker URL, e.g. ``redis://127.0.0.1:6379/5``.
+* ``DJANGO_RAY_CELERY_APP`` - dotted path of a real Celery app (Celery interop tests).
+* ``DJANGO_RAY_CELERY_RESULT_BACKEND`` - ``CELERY_RESULT_BACKEND`` for Celery clients.
 """
 
 import os
@@ -67,7 +69,12 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": _sqlite,
             # Workers and producers share the file: wait for locks instead of failing.
-            "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
+            "OPTIONS": {
+                "timeout": 30,
+                "transaction_mode": "IMMEDIATE",
+                # WAL: readers never wait for the writer; NORMAL sync is safe under WAL.
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
             "TEST": {"NAME": os.environ.get("DJANGO_RAY_TEST_DB_NAME", _sqlite + ".test")},
         }
     }
@@ -83,7 +90,11 @@ DJANGO_RAY = {
     "BROKER_URL": os.environ.get("DJANGO_RAY_BROKER", "django://"),
     "TASK_MODULES": [m for m in os.environ.get("DJANGO_RAY_TASK_MODULES", "").split(",") if m],
     "RAY_ADDRESS": os.environ.get("DJANGO_RAY_RAY_ADDRESS") or None,
+    # A real Celery app to take task names and the result backend from (Celery interop).
+    "CELERY_APP": os.environ.get("DJANGO_RAY_CELERY_APP") or None,
 }
+# Where unchanged Celery clients read results (redis://...); unset means none.
+CELERY_RESULT_BACKEND = os.environ.get("DJANGO_RAY_CELERY_RESULT_BACKEND")
 
 LOGGING = {
     "version": 1,
