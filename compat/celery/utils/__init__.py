@@ -1,0 +1,1 @@
+"""Celery's ``celery.utils`` helpers that task modules import (``utils.log``)."""
