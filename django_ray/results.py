@@ -1,20 +1,165 @@
 """Celery-format results for unchanged Celery clients, and the revoked-id set.
 
-Placeholder until the Celery result backend lands: nothing is mirrored and nothing is
-revoked.
+``store()`` picks where a Celery client's ``AsyncResult`` looks: the project's Celery app
+backend when Celery is installed and ``DJANGO_RAY["CELERY_APP"]`` names an app, else
+Celery's Redis format written with redis-py from ``CELERY_RESULT_BACKEND``, else nowhere
+(``TaskRecord`` stays the system of record either way). ``mirror()`` copies a record's
+state there for outcomes decided outside a task (unknown name, expired, revoked,
+malformed). Revoked ids are kept durably as REVOKED records, so every worker process
+sees them; their Celery result is written when their message comes up.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
+import threading
+from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["is_revoked", "mirror"]
+from django_ray.message import TaskMessage
+from django_ray.result_stores import CeleryAppStore, RedisStore, ResultStore
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["is_revoked", "mirror", "revoke", "store"]
+
+_lock = threading.Lock()
+_stores: dict[tuple[Any, ...], ResultStore | None] = {}
+# Ids revoked in this process, newest last (the records keep them for every process).
+_revoked: dict[str, None] = {}
+MAX_REVOKED_IN_MEMORY = 50_000
+# Errors of ours that a Celery client knows under Celery's name.
+CELERY_NAMES = {
+    "django_ray.exceptions.NotRegistered": ("celery.exceptions", "NotRegistered"),
+    "django_ray.exceptions.MalformedMessage": ("celery.exceptions", "InvalidTaskError"),
+}
 
 
-def mirror(record: Any, message: Any) -> None:
+def store() -> ResultStore | None:
+    """Return the Celery result store of this process (None: the project has none)."""
+    from django_ray import conf, registry
+
+    app = registry.celery_app()
+    url = conf.celery_result_backend()
+    key = (id(app), url)
+    with _lock:
+        if key not in _stores:
+            _stores[key] = _make_store(app, url)
+        return _stores[key]
+
+
+def _make_store(app: Any, url: str | None) -> ResultStore | None:
+    from django_ray import conf
+
+    if app is not None and not _is_disabled(app):
+        return CeleryAppStore(app)
+    if url and url.split("://", 1)[0] in {"redis", "rediss", "unix"}:
+        return RedisStore(url, expires=conf.result_expires())
+    if url:
+        logger.warning(
+            "Result backend %r needs Celery: set DJANGO_RAY['CELERY_APP'] to write to it.", url
+        )
+    return None
+
+
+def _is_disabled(app: Any) -> bool:
+    return type(app.backend).__name__ == "DisabledBackend"
+
+
+def mirror(record: Any, message: TaskMessage) -> None:
     """Write ``record``'s state where a Celery client's ``AsyncResult`` looks for it."""
+    state = record.celery_state
+    try:
+        target = store()
+        if target is None:
+            return
+        if state == "REVOKED":
+            reason = (record.last_error or {}).get("exc_message") or ["revoked"]
+            target.revoked(message.id, str(reason[0]), message)
+        elif state == "FAILURE":
+            target.failed(message, _exception(record, message), _traceback(record), store=True)
+        elif state == "SUCCESS":
+            target.done(message, record.return_value, children=(), store=True)
+    except Exception:
+        # The record is the system of record; a result backend outage must not lose it.
+        logger.exception("Could not write the Celery result of %s [%s].", message.task, message.id)
 
 
 def is_revoked(task_id: str) -> bool:
     """Return True if ``task_id`` was revoked before it started."""
-    return False
+    if task_id in _revoked:
+        return True
+    from django_ray.models import TaskRecord, TaskStatus
+
+    return TaskRecord.objects.filter(pk=task_id, status=TaskStatus.REVOKED).exists()
+
+
+def revoke(task_ids: Iterable[str], *, reason: str = "revoked") -> list[str]:
+    """Keep ``task_ids`` from starting: mark them REVOKED now; return the ids marked."""
+    from django.db import IntegrityError, transaction
+
+    from django_ray.models import TaskRecord, TaskStatus
+
+    marked = []
+    for task_id in task_ids:
+        _remember_revoked(task_id)
+        record = TaskRecord.objects.filter(pk=task_id).first()
+        if record is None:
+            try:
+                with transaction.atomic():
+                    record = TaskRecord.objects.create(id=task_id, task_name="", origin="celery")
+            except IntegrityError:  # its message arrived meanwhile
+                record = TaskRecord.objects.get(pk=task_id)
+        # A running attempt finishes (Celery's revoke without terminate does the same).
+        if record.is_finished or record.status == TaskStatus.RUNNING:
+            continue
+        # The Celery result is written when the message comes up (runtime.execute), as a
+        # Celery worker does: a task already running on another worker is not misreported.
+        record.mark_revoked(reason)
+        marked.append(task_id)
+    return marked
+
+
+def _remember_revoked(task_id: str) -> None:
+    with _lock:
+        _revoked[task_id] = None
+        while len(_revoked) > MAX_REVOKED_IN_MEMORY:
+            del _revoked[next(iter(_revoked))]
+
+
+def _exception(record: Any, message: TaskMessage) -> BaseException:
+    """Rebuild the exception of ``record``'s last error, under Celery's name if it has one."""
+    error = record.last_error or {}
+    path = error.get("exception_class_path") or "builtins.Exception"
+    args = list(error.get("exc_message") or [])
+    if path in CELERY_NAMES:
+        module, name = CELERY_NAMES[path]
+        # Celery stores NotRegistered(<task name>) and InvalidTaskError(<reason>).
+        args = [message.task] if name == "NotRegistered" else args[:1]
+        return _instance(module, name, args)
+    module, _, name = path.rpartition(".")
+    return _instance(module, name, args)
+
+
+def _instance(module_name: str, name: str, args: list[Any]) -> BaseException:
+    # Like Celery's exception_to_python: only a module already loaded is looked in, so
+    # nothing is imported on behalf of a record (and Celery is never imported here).
+    cls: Any = None
+    module = sys.modules.get(module_name)
+    with contextlib.suppress(AttributeError):
+        for part in name.split("."):
+            cls = getattr(cls or module, part)
+    if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+        # Keep the name and module the client decodes, without the class itself.
+        cls = type(name, (Exception,), {"__module__": module_name, "__qualname__": name})
+    try:
+        return cls(*args)
+    except Exception:
+        return Exception(*args)
+
+
+def _traceback(record: Any) -> str | None:
+    text = (record.last_error or {}).get("traceback")
+    return text or None

@@ -17,15 +17,14 @@ import time
 import uuid
 from typing import Any
 
-from django.db import close_old_connections
 from django.utils import timezone
 
-from django_ray import registry, schedule
+from django_ray import control, registry, schedule
 from django_ray.exceptions import MalformedMessage
 from django_ray.message import TaskMessage
 from django_ray.records import record_for
 from django_ray.runners import BaseRunner, Completion
-from django_ray.runtime.execute import error_info
+from django_ray.runtime.execute import close_stale_connections, error_info
 from django_ray.transport import Broker, decode_kombu, publish_now
 
 logger = logging.getLogger("django_ray.worker")
@@ -65,6 +64,10 @@ class Worker:
         self.stopping = False
         self._cancelled = False
         self._next_schedule_check = 0.0
+        # After a runner error (e.g. the database is down) consuming pauses, growing to 10s,
+        # so that a message given back to the broker is not retried in a hot loop.
+        self._pause = 0.0
+        self._paused_until = 0.0
 
     @property
     def worker_id(self) -> str:
@@ -74,11 +77,20 @@ class Worker:
 
     def run(self) -> int:
         """Consume until drained (batch), ``max_tasks`` or a signal; return the exit code."""
-        if self.install_signals:
-            self._install_signals()
+        previous = self._install_signals() if self.install_signals else {}
+        try:
+            return self._run()
+        finally:
+            # Run in-process (call_command, tests), the caller gets its own handlers back.
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _run(self) -> int:
         registry.autodiscover()
         self.runner.start()
         self.broker.consume(self.queues, self._on_message, prefetch=self.runner.concurrency)
+        # Celery clients' AsyncResult.revoke(), heard on a thread of its own.
+        control_listener = control.start(self.broker, worker_id=self.worker_id)
         logger.info(
             "Worker %s consuming %s from %s (%s).",
             self.worker_id, ",".join(self.queues), self.broker.kind, self.runner.describe(),
@@ -88,26 +100,41 @@ class Worker:
                 self._step()
         except WorkerShutdown:
             logger.warning("Stopping at once; unfinished messages go back to the broker.")
+            if control_listener is not None:
+                control_listener.stop()
             self.runner.shutdown(wait=False)
             self.broker.close()
             return 1
         self.broker.cancel()
         self.runner.shutdown(wait=True)
         self._collect(self.runner.poll(0))
+        if control_listener is not None:
+            control_listener.stop()
         self.broker.close()
         logger.info("Worker %s stopped after %d task(s).", self.worker_id, self.processed)
         return 0
 
     def _step(self) -> None:
         busy = self.runner.in_flight() > 0
-        try:
-            got = self.broker.drain(timeout=0.05 if busy else 0.5)
-        except self.broker.recoverable_errors as e:
-            self._reconnect(e)
+        if time.monotonic() < self._paused_until:
+            time.sleep(min(0.1, self._paused_until - time.monotonic()))
+            self._collect(self.runner.poll(0))
             return
-        self._collect(self.runner.poll(0.05 if busy and not got else 0))
-        self._tick_schedule()
-        if self.batch and not got and self._idle():
+        got = False
+        if self.runner.has_capacity():
+            try:
+                got = self.broker.drain(timeout=0.005 if busy else 0.5)
+            except self.broker.recoverable_errors as e:
+                self._reconnect(e)
+                return
+            self._collect(self.runner.poll(0))
+        else:
+            # Full: wait on the runner, which returns as soon as one task finishes.
+            self._collect(self.runner.poll(0.05))
+        published = self._tick_schedule()
+        # Only a drain that had room for a message and found none shows the queue is empty;
+        # messages just published from the schedule have not been drained yet.
+        if self.batch and not busy and not got and not published and self._idle():
             logger.info("Batch mode: nothing left to run.")
             self.stopping = True
 
@@ -132,23 +159,29 @@ class Worker:
             logger.info("Reconnected to the broker.")
             return
 
-    def _install_signals(self) -> None:
+    def _install_signals(self) -> dict[int, Any]:
         def handler(signum: int, frame: Any) -> None:
             if self.stopping:
                 raise WorkerShutdown()
-            logger.info("Received %s: finishing running tasks, then exiting.", signal.Signals(signum).name)
+            logger.info(
+                "Received %s: finishing running tasks, then exiting.", signal.Signals(signum).name
+            )
             self.stopping = True
 
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        return {
+            signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)
+        }
 
     # -- messages ---------------------------------------------------------------
 
     def _on_message(self, raw: Any) -> None:
-        if self.stopping or (self.max_tasks is not None and self.processed + self.runner.in_flight() >= self.max_tasks):
+        if self.stopping or (
+            self.max_tasks is not None
+            and self.processed + self.runner.in_flight() >= self.max_tasks
+        ):
             raw.requeue() if hasattr(raw, "requeue") else raw.reject(requeue=True)
             return
-        close_old_connections()
+        close_stale_connections()
         try:
             message = decode_kombu(raw, self.broker.kind)
         except MalformedMessage as e:
@@ -168,8 +201,8 @@ class Worker:
             "Refused malformed message (task=%r id=%r): %s", error.task_name, error.task_id, error
         )
         if error.task_id:
-            stub = TaskMessage(id=error.task_id, task=error.task_name or "<unknown>",
-                               queue=(raw.delivery_info or {}).get("routing_key") or "default")  # fmt: skip
+            queue = (raw.delivery_info or {}).get("routing_key") or "default"
+            stub = TaskMessage(id=error.task_id, task=error.task_name or "<unknown>", queue=queue)
             record = record_for(stub)
             if not record.is_finished:
                 record.mark_failed(error_info(error) | {"traceback": ""})
@@ -183,9 +216,13 @@ class Worker:
         for done in completions:
             if done.error is not None or done.outcome is None:
                 logger.error("Task %s [%s] was not completed (%s); returning it to the broker.",
-                             done.message.task, done.message.id, done.error)  # fmt: skip
+                             done.message.task, done.message.id, done.error,
+                             exc_info=done.error)  # fmt: skip
                 self._safe(done.delivery.reject, requeue=True)
+                self._pause = min(max(self._pause * 2, 0.5), 10.0)
+                self._paused_until = time.monotonic() + self._pause
                 continue
+            self._pause = 0.0
             for follow_up in done.outcome.publish:
                 self.dispatch(follow_up)
             self._safe(done.delivery.ack)
@@ -201,23 +238,30 @@ class Worker:
 
     def dispatch(self, message: TaskMessage) -> None:
         """Publish a follow-up message, parking it durably if it is due later."""
-        if message.eta is not None and message.eta > timezone.now() and self.broker.kind != "django":
+        if (
+            message.eta is not None
+            and message.eta > timezone.now()
+            and self.broker.kind != "django"
+        ):
             schedule.park(message)
         else:
-            publish_now(message)
+            # To the broker this worker consumes (``--broker`` may differ from the settings).
+            publish_now(message, url=self.broker.url)
 
     # -- schedule ---------------------------------------------------------------
 
-    def _tick_schedule(self) -> None:
+    def _tick_schedule(self) -> int:
+        """Publish the parked messages that are due; return how many."""
         now = time.monotonic()
         if now < self._next_schedule_check:
-            return
+            return 0
         from django_ray import conf
 
         self._next_schedule_check = now + float(conf.get("SCHEDULE_INTERVAL"))
-        published = schedule.publish_due(self.queues)
+        published = schedule.publish_due(self.queues, url=self.broker.url)
         if published:
             logger.info("Published %d scheduled message(s).", published)
+        return published
 
     def _idle(self) -> bool:
         if self.runner.in_flight():

@@ -10,6 +10,7 @@ messages the worker must publish next (a retry, the next chain step, callbacks).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +24,14 @@ from django_ray.message import TaskMessage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Outcome", "error_info", "execute", "json_result", "setup_django"]
+__all__ = [
+    "Outcome",
+    "close_stale_connections",
+    "error_info",
+    "execute",
+    "json_result",
+    "setup_django",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,6 +56,20 @@ def setup_django() -> None:
         import django
 
         django.setup()
+
+
+def close_stale_connections() -> None:
+    """Close unusable or expired database connections, as Django does around a request.
+
+    A connection inside ``atomic()`` is left alone: it belongs to the caller (a test case,
+    or ``call_command("django_ray_worker")`` run inside a transaction), and Django's
+    ``close_old_connections()`` would close it mid-transaction.
+    """
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        if not conn.in_atomic_block:
+            conn.close_if_unusable_or_obsolete()
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
@@ -83,13 +105,11 @@ def set_celery_executor(executor: CeleryExecutor) -> None:
 def execute(message: TaskMessage, *, worker_id: str) -> Outcome:
     """Run ``message`` once and store the outcome in its ``TaskRecord``."""
     setup_django()
-    from django.db import close_old_connections
-
-    close_old_connections()
+    close_stale_connections()
     try:
         return _execute(message, worker_id)
     finally:
-        close_old_connections()
+        close_stale_connections()
 
 
 def _execute(message: TaskMessage, worker_id: str) -> Outcome:
@@ -113,6 +133,9 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
     record = record_for(message)
     if record.is_finished:
         logger.info("Task %s [%s] already %s; skipping.", message.task, message.id, record.status)
+        if record.celery_state == "REVOKED":
+            # Revoked before it started (django_ray.control): tell its Celery client now.
+            results.mirror(record, message)
         return Outcome(task_id=message.id, status=record.status, duplicate=True)
     if message.expires is not None and message.expires < timezone.now():
         record.mark_revoked("expired")
@@ -133,22 +156,38 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
 
 def _run_django(task: Any, message: TaskMessage, record: Any, worker_id: str) -> Outcome:
     from django.tasks import TaskContext
+    from django.tasks.exceptions import InvalidTask, InvalidTaskBackend
     from django.tasks.signals import task_finished, task_started
     from django.utils import timezone
 
+    from django_ray import results
     from django_ray.records import to_task_result
 
-    task = task.using(
-        priority=record.priority, queue_name=record.queue, backend=record.backend or None
-    )
+    try:
+        task = task.using(
+            priority=record.priority, queue_name=record.queue, backend=record.backend or None
+        )
+    except (InvalidTask, InvalidTaskBackend) as e:
+        # The message asks for what TASKS does not allow here (an unknown backend alias, a
+        # queue outside QUEUES): the task cannot start, which Django calls FAILED.
+        logger.error("Refused task %s [%s]: %s", message.task, message.id, e)
+        record.mark_failed(error_info(e) | {"traceback": ""})
+        results.mirror(record, message)
+        return Outcome(task_id=message.id, status=record.status, error=str(e))
     sender = type(task.get_backend())
     record.mark_running(worker_id)
     result = to_task_result(record, task)
     _send(task_started, sender, result)
     try:
-        args = (TaskContext(task_result=result), *record.args) if task.takes_context else record.args
+        args = (
+            (TaskContext(task_result=result), *record.args) if task.takes_context else record.args
+        )
         value = json_result(task.call(*args, **record.kwargs))
     except KeyboardInterrupt:
+        # Stopped at once (a second SIGTERM): no outcome, the message goes back to the
+        # broker, and the record waits READY for its next delivery instead of staying RUNNING.
+        with contextlib.suppress(Exception):
+            record.mark_ready()
         raise
     except BaseException as e:
         error = error_info(e)
@@ -165,7 +204,9 @@ def _run_django(task: Any, message: TaskMessage, record: Any, worker_id: str) ->
             return Outcome(task_id=message.id, status=record.status, publish=(retry,))
         record.mark_failed(error)
         _send(task_finished, sender, to_task_result(record, task))
-        return Outcome(task_id=message.id, status=record.status, error=error["exception_class_path"])
+        return Outcome(
+            task_id=message.id, status=record.status, error=error["exception_class_path"]
+        )
     record.mark_successful(value)
     _send(task_finished, sender, to_task_result(record, task))
     return Outcome(task_id=message.id, status=record.status)
@@ -180,9 +221,7 @@ def _send(signal: Any, sender: type, result: Any) -> None:
     """Send a task signal; a failing receiver is logged, never corrupts the task's state."""
     for receiver, response in signal.send_robust(sender=sender, task_result=result):
         if isinstance(response, Exception):
-            logger.error(
-                "Receiver %r of %s failed.", receiver, signal, exc_info=response
-            )
+            logger.error("Receiver %r of %s failed.", receiver, signal, exc_info=response)
 
 
 def _json_safe(value: Any) -> Any:
