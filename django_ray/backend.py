@@ -24,9 +24,9 @@ from django.tasks import Task, TaskResult
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.exceptions import TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
-from django.utils.module_loading import import_string
 
 from django_ray import registry
+from django_ray.exceptions import NotRegistered
 from django_ray.message import TaskMessage, new_task_id, normalize_arguments
 from django_ray.models import TaskRecord
 from django_ray.records import record_fields, to_task_result
@@ -71,7 +71,14 @@ class RayTaskBackend(BaseTaskBackend):
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
-        self.task_options: dict[str, dict[str, Any]] = dict(self.options.get("TASK_OPTIONS", {}))
+        options = self.options.get("TASK_OPTIONS", {})
+        # A malformed value is reported by check() (django_ray.E002) rather than raised here,
+        # where it would break every import of a tasks module.
+        self.task_options: dict[str, dict[str, Any]] = (
+            {k: v for k, v in options.items() if isinstance(v, dict)}
+            if isinstance(options, dict)
+            else {}
+        )
 
     def ray_options_for(self, task: Task) -> dict[str, Any]:
         """Return the Ray options of ``task``: its declaration, then ``OPTIONS["TASK_OPTIONS"]``."""
@@ -108,11 +115,14 @@ class RayTaskBackend(BaseTaskBackend):
             record = TaskRecord.objects.get(pk=str(result_id), backend=self.alias)
         except (TaskRecord.DoesNotExist, ValidationError, ValueError, TypeError):
             raise TaskResultDoesNotExist(result_id) from None
+        # The name came from a message: look it up in the registry, never import it as is.
         try:
-            task = import_string(record.task_name)
-        except ImportError:
+            entry = registry.resolve(record.task_name)
+        except NotRegistered:
             raise TaskResultDoesNotExist(result_id) from None
-        task = task.using(
+        if entry.kind != "django":
+            raise TaskResultDoesNotExist(result_id)
+        task = entry.obj.using(
             priority=record.priority,
             queue_name=record.queue,
             run_after=record.run_after,

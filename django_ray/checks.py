@@ -31,7 +31,8 @@ def check_backend(backend: Any) -> list[checks.CheckMessage]:
     if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
         errors.append(
             checks.Error(
-                f"TASKS[{backend.alias!r}]['OPTIONS']['TASK_OPTIONS'] must map task paths to dicts.",
+                f"TASKS[{backend.alias!r}]['OPTIONS']['TASK_OPTIONS'] must map task paths "
+                "to dicts.",
                 hint="Use {'myapp.tasks.func': {'num_cpus': 2}}.",
                 id="django_ray.E002",
             )

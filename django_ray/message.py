@@ -174,7 +174,9 @@ def decode(
     except (ValueError, UnicodeDecodeError) as e:
         raise bad(f"Body is not valid JSON: {e}.") from e
     if isinstance(payload, dict):
-        raise bad("Body is a dict (protocol v1); only protocol v2 [args, kwargs, embed] is accepted.")
+        raise bad(
+            "Body is a dict (protocol v1); only protocol v2 [args, kwargs, embed] is accepted."
+        )
     if not isinstance(payload, list) or len(payload) != 3:
         raise bad("Body must be a JSON array [args, kwargs, embed].")
     args, kwargs, embed = payload
@@ -218,12 +220,12 @@ def decode(
         root_id=_str_or_none(headers.get("root_id")),
         parent_id=_str_or_none(headers.get("parent_id")),
         group=_str_or_none(headers.get("group")),
-        group_index=headers.get("group_index") if isinstance(headers.get("group_index"), int) else None,
+        group_index=_typed(headers.get("group_index"), int),
         callbacks=_signatures(embed.get("callbacks"), "callbacks", bad),
         errbacks=_signatures(embed.get("errbacks"), "errbacks", bad),
         chain=_signatures(embed.get("chain"), "chain", bad),
         chord=chord if isinstance(chord, dict) else None,
-        ignore_result=headers.get("ignore_result") if isinstance(headers.get("ignore_result"), bool) else None,
+        ignore_result=_typed(headers.get("ignore_result"), bool),
         backend=_str_or_none(headers.get("django_ray_backend")),
         shadow=_str_or_none(headers.get("shadow")),
         origin=_str_or_none(headers.get("origin")),
@@ -279,6 +281,10 @@ def _time_limits(value: Any) -> tuple[float | None, float | None]:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def _typed(value: Any, kind: type) -> Any:
+    return value if isinstance(value, kind) else None
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -145,7 +145,9 @@ class TaskRecord(models.Model):
         self.finished_at = timezone.now()
         self.save(update_fields=["status", "errors", "finished_at"])
 
-    def mark_retrying(self, error: dict[str, Any] | None, *, retries: int, eta: datetime | None) -> None:
+    def mark_retrying(
+        self, error: dict[str, Any] | None, *, retries: int, eta: datetime | None
+    ) -> None:
         """Wait for another attempt (READY to Django, RETRY to Celery)."""
         self.status = TaskStatus.RETRYING
         if error is not None:
@@ -176,9 +178,8 @@ class TaskRecord(models.Model):
 class QueueMessageQuerySet(models.QuerySet["QueueMessage"]):
     def visible(self, queue: str, now: datetime) -> QueueMessageQuerySet:
         """Messages of ``queue`` that may be delivered now, highest priority first."""
-        return (
-            self.filter(queue=queue, visible_at__lte=now)
-            .order_by(F("priority").desc(), "visible_at", "id")
+        return self.filter(queue=queue, visible_at__lte=now).order_by(
+            F("priority").desc(), "visible_at", "id"
         )
 
 

@@ -40,8 +40,8 @@ def park(message: TaskMessage) -> bool:
     return True
 
 
-def publish_due(queues: list[str], *, limit: int = 100) -> int:
-    """Publish the parked messages of ``queues`` whose ETA has come; return how many."""
+def publish_due(queues: list[str], *, limit: int = 100, url: str | None = None) -> int:
+    """Publish the parked messages of ``queues`` whose ETA has come to the broker at ``url``."""
     rows = ScheduledMessage.objects.filter(eta__lte=timezone.now()).order_by("eta")
     if "*" not in queues:
         rows = rows.filter(queue__in=queues)
@@ -57,7 +57,7 @@ def publish_due(queues: list[str], *, limit: int = 100) -> int:
                 queue=row.queue,
             )
             # Due now: the receiving worker must not park it again.
-            publish_now(message.replace(eta=None))
+            publish_now(message.replace(eta=None), url=url)
             if ScheduledMessage.objects.filter(pk=row.pk).delete()[0]:
                 published += 1
     return published

@@ -65,6 +65,10 @@ class Broker:
         self.url = url or conf.broker_url()
         self.kind = broker_kind(self.url)
         options = dict(conf.get("BROKER_TRANSPORT_OPTIONS") or {})
+        if self.kind == "amqp":
+            # RabbitMQ confirms each publish, so a retry or the next step of a chain is on
+            # the broker before the message that caused it is acknowledged.
+            options.setdefault("confirm_publish", True)
         options.update(transport_options or {})
         self.connection = Connection(self.url, transport_options=options)
         self._producer: Producer | None = None
@@ -96,7 +100,9 @@ class Broker:
                 queue.queue_declare(passive=True)
             except self.connection.channel_errors:
                 self.connection.release()
-                self.connection = Connection(self.url, transport_options=self.connection.transport_options)
+                self.connection = Connection(
+                    self.url, transport_options=self.connection.transport_options
+                )
                 self._producer = None
                 queue = self.queue(name)(self.connection.default_channel)
                 queue.declare()
@@ -203,17 +209,17 @@ def decode_kombu(message: KombuMessage, kind: str) -> TaskMessage:
     )
 
 
-def _thread_broker() -> Broker:
-    url = conf.broker_url()
+def _thread_broker(url: str | None = None) -> Broker:
+    url = url or conf.broker_url()
     broker = getattr(_local, "broker", None)
     if broker is None or broker.url != url:
         broker = _local.broker = Broker(url)
     return broker
 
 
-def publish_now(message: TaskMessage) -> None:
-    """Publish at once on this thread's connection, reconnecting once if it broke."""
-    broker = _thread_broker()
+def publish_now(message: TaskMessage, *, url: str | None = None) -> None:
+    """Publish at once on this thread's connection to ``url`` (default: the settings')."""
+    broker = _thread_broker(url)
     try:
         broker.publish(message)
     except broker.recoverable_errors:

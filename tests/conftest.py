@@ -59,3 +59,24 @@ def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
     settings.DJANGO_RAY = {**old, "BROKER_URL": url}
     yield url
     settings.DJANGO_RAY = old
+
+
+@pytest.fixture
+def queue(broker_url: str) -> Iterator[str]:
+    """Return a queue name unique to this test; delete it from the test's broker afterwards."""
+    from uuid import uuid4
+
+    from django_ray.transport import Broker
+
+    name = f"t-{uuid4().hex[:10]}"
+    yield name
+    broker = Broker(broker_url)
+    try:
+        channel = broker.connection.default_channel
+        channel.queue_delete(name)
+        if broker.kind == "amqp":
+            channel.exchange_delete(name)
+    except Exception:  # never declared, or the service went away: nothing to clean
+        pass
+    finally:
+        broker.close()

@@ -9,8 +9,9 @@ Use it from a test module or a conftest::
     def test_something(ray_head):
         subprocess.run([...], env={**os.environ, **ray_head.env()})
 
-The head gets its own ports (never 6379, 10001 or 8265), its own short ``--temp-dir`` and
-a fresh token. :meth:`RayHead.stop` ends only the processes of the session it started.
+The head gets free ports instead of Ray's defaults (so it never meets Redis on 6379 or another
+Ray), its own short ``--temp-dir`` and a fresh token. :meth:`RayHead.stop` ends only the
+processes of the session it started.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import pytest
 
@@ -53,19 +54,24 @@ def free_port() -> int:
 
 
 def session_pids(sid: int) -> list[int]:
-    """Return the pids of live processes whose session id is ``sid``."""
+    """Return the pids of live (non-zombie) processes whose session id is ``sid``."""
     pids = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
         try:
-            stat = (entry / "stat").read_text()
-        except OSError:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()  # state ppid pgrp sid
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(entry.name))
+        except (OSError, IndexError, ValueError):  # not a process, or already gone
             continue
-        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp session
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(entry.name))
     return pids
+
+
+def has_env(pid: int, marker: str) -> bool:
+    """Return True if process ``pid`` was started with ``marker`` (NAME=value) in its env."""
+    try:
+        return marker.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 class RayHead:
@@ -74,11 +80,11 @@ class RayHead:
     def __init__(self, num_cpus: int = 2) -> None:
         self.num_cpus = num_cpus
         self.token = secrets.token_hex(32)
-        self.port = free_port()
-        self.dashboard_port = free_port()
-        self.client_port = free_port()
+        self.port = self.dashboard_port = self.client_port = 0
         self.temp_dir = ""
         self.sid: int | None = None
+        # Every process of the head inherits this; stop() kills nothing without it.
+        self.marker = f"DJANGO_RAY_TEST_HEAD={secrets.token_hex(8)}"
 
     @property
     def gcs_address(self) -> str:
@@ -107,12 +113,24 @@ class RayHead:
             f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
         ]  # fmt: skip
 
-    def start(self) -> RayHead:
+    def start(self, attempts: int = 2) -> RayHead:
         """Run ``ray start --head`` in a new session and wait until the Jobs API answers."""
+        for attempt in range(attempts):  # a port picked as free may be taken meanwhile
+            try:
+                return self._start()
+            except RayHeadError:
+                if attempt == attempts - 1:
+                    raise
+        raise RayHeadError("attempts must be at least 1")
+
+    def _start(self) -> RayHead:
+        self.port, self.dashboard_port, self.client_port = free_port(), free_port(), free_port()
         # A short path: Ray's Unix sockets live below it and must stay under 107 bytes.
         self.temp_dir = tempfile.mkdtemp(prefix="drh", dir="/tmp")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDR"))}
         env.update(self.env(), RAY_USAGE_STATS_ENABLED="0")
+        marker_name, marker_value = self.marker.split("=", 1)
+        env[marker_name] = marker_value
         log = Path(self.temp_dir) / "ray-start.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -145,9 +163,17 @@ class RayHead:
         self.stop()
         raise RayHeadError(f"The Ray dashboard at {self.dashboard_url} never answered.")
 
-    def stop(self, grace: float = 3.0) -> None:
+    def pids(self) -> list[int]:
+        """Return the live processes of the head's session, or [] if it is not ours any more."""
+        if self.sid is None:
+            return []
+        pids = session_pids(self.sid)
+        # While a session has members its id cannot be reused, so one marked member proves it.
+        return pids if any(has_env(pid, self.marker) for pid in pids) else []
+
+    def stop(self, grace: float = 1.5) -> None:
         """Terminate every process of the head's session (SIGTERM, then SIGKILL)."""
-        if self.sid is not None:
+        if self.sid is not None and self.pids():
             for sig in (signal.SIGTERM, signal.SIGKILL):
                 for pid in session_pids(self.sid):
                     with contextlib.suppress(ProcessLookupError):
@@ -155,7 +181,7 @@ class RayHead:
                 deadline = time.monotonic() + grace
                 while session_pids(self.sid) and time.monotonic() < deadline:
                     time.sleep(0.1)
-            self.sid = None
+        self.sid = None
         if self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
             self.temp_dir = ""
@@ -167,11 +193,11 @@ class RayHead:
         self.stop()
 
 
-def ray_unavailable(reason: str) -> None:
+def ray_unavailable(reason: str) -> NoReturn:
     """Skip the calling test because Ray is unusable, or fail it under ``CI=true``."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason}; CI must be able to run Ray.")
-    pytest.skip(reason)
+    pytest.skip(reason)  # raises
 
 
 def require_ray() -> Any:
@@ -187,10 +213,11 @@ def require_ray() -> Any:
 
 def ray_head_fixture(
     scope: Literal["session", "package", "module", "class", "function"] = "module",
+    name: str = "ray_head",
 ) -> Callable[..., Iterator[RayHead]]:
-    """Build a pytest fixture that yields a started :class:`RayHead` and stops it afterwards."""
+    """Build a pytest fixture ``name`` that yields a started :class:`RayHead`, then stops it."""
 
-    @pytest.fixture(scope=scope)
+    @pytest.fixture(scope=scope, name=name)
     def ray_head() -> Iterator[RayHead]:
         require_ray()
         head = RayHead()

@@ -20,7 +20,11 @@ class SyncRunner(BaseRunner):
         self._done: list[Completion] = []
 
     def submit(self, message: TaskMessage, delivery: Any) -> None:
-        outcome = execute(message, worker_id=self.worker_id)
+        try:
+            outcome = execute(message, worker_id=self.worker_id)
+        except Exception as e:  # the outcome was not stored (e.g. the database is down)
+            self._done.append(Completion(message, delivery, error=e))
+            return
         self._done.append(Completion(message, delivery, outcome=outcome))
 
     def poll(self, timeout: float = 0) -> list[Completion]:

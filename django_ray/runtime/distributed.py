@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from functools import cache
@@ -32,6 +33,8 @@ __all__ = [
 Call = tuple[Callable[..., Any], Sequence[Any], dict[str, Any]]
 
 MIN_IN_FLIGHT = 16  # default window: max(MIN_IN_FLIGHT, 4 x cluster CPUs)
+FLAG_NAMESPACE = "django_ray"  # Ray internal KV namespace of the "batch cancelled" flags
+FLAG_TTL_S = 300.0  # a failed batch's flag outlives any call that could still start
 _connect_lock = threading.Lock()
 
 
@@ -136,14 +139,15 @@ def _run_on_ray(calls: list[Call], window: int, remote: RemoteFunction) -> list[
     results: list[Any] = [None] * len(calls)
     pending: dict[ObjectRef[Any], int] = {}
     func_refs: dict[int, ObjectRef[Any]] = {}  # each distinct function is uploaded once
-    submitted = 0
+    submitted, flag = 0, f"cancelled:{uuid.uuid4().hex}"
     try:
         while submitted < len(calls) or pending:
             while submitted < len(calls) and len(pending) < window:
                 func, args, kwargs = calls[submitted]
                 if id(func) not in func_refs:
                     func_refs[id(func)] = ray.put(func)
-                pending[remote.remote(func_refs[id(func)], *args, **kwargs)] = submitted
+                ref = remote.remote(flag, func_refs[id(func)], *args, **kwargs)
+                pending[ref] = submitted
                 submitted += 1
             ready, rest = ray.wait(list(pending), num_returns=1)
             if rest:  # collect everything else that is already done, without waiting
@@ -151,7 +155,7 @@ def _run_on_ray(calls: list[Call], window: int, remote: RemoteFunction) -> list[
             for ref in ready:
                 results[pending.pop(ref)] = _get(ref)
     except BaseException:
-        _cancel(pending)  # un-submitted calls are simply never sent
+        _cancel(flag, pending)  # un-submitted calls are simply never sent
         raise
     return results
 
@@ -170,12 +174,34 @@ def _get(ref: ObjectRef[Any]) -> Any:
         raise
 
 
-def _cancel(pending: dict[ObjectRef[Any], int]) -> None:
-    import ray
+def _cancel(flag: str, pending: dict[ObjectRef[Any], int]) -> None:
+    """Raise ``flag`` so calls not started yet skip their work, then cancel the rest.
 
+    The flag closes a race in Ray: a cancellation that reaches a worker just before the task
+    starts is dropped, and the task then runs in full.
+    """
+    import ray
+    from ray.experimental import internal_kv
+
+    if not pending:
+        return
+    with suppress(Exception):
+        internal_kv._internal_kv_put(flag, b"1", namespace=FLAG_NAMESPACE)
+        timer = threading.Timer(FLAG_TTL_S, _drop_flag, args=(flag,))
+        timer.daemon = True
+        timer.start()
     for ref in pending:
-        with suppress(Exception):  # already finished or gone: nothing left to stop
+        with suppress(Exception):  # finished or gone meanwhile: nothing left to stop
             ray.cancel(ref, recursive=True)
+
+
+def _drop_flag(flag: str) -> None:
+    import ray
+    from ray.experimental import internal_kv
+
+    if ray.is_initialized():
+        with suppress(Exception):
+            internal_kv._internal_kv_del(flag, namespace=FLAG_NAMESPACE)
 
 
 @cache
@@ -183,7 +209,12 @@ def _remote_invoke() -> RemoteFunction:
     """Build the Ray task that runs every call; nested, so workers need not import django_ray."""
     import ray
 
-    def invoke(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    def invoke(flag: str, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        from ray.exceptions import TaskCancelledError
+        from ray.experimental import internal_kv
+
+        if internal_kv._internal_kv_exists(flag, namespace=FLAG_NAMESPACE):
+            raise TaskCancelledError()  # the batch already failed: do not start this call
         return func(*args, **kwargs)
 
     invoke.__qualname__ = invoke.__name__ = "django_ray_call"  # how it shows in the dashboard

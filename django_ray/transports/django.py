@@ -64,12 +64,13 @@ class QoS(virtual.QoS):
 
     def restore_unacked(self) -> list[Any]:
         self._flush()
-        tags = list(self._delivered)
+        delivered = dict(self._delivered)
         self._delivered.clear()
         try:
-            self.channel._make_visible(tags)
+            self.channel._make_visible(list(delivered))
         except DatabaseError as e:  # the database is gone: the timeout restores them
-            return [(e, tag) for tag in tags]
+            # kombu wants (error, message) pairs, to log and dump the messages.
+            return [(e, message) for message in delivered.values()]
         return []
 
 

@@ -37,7 +37,9 @@ class Command(BaseCommand):
         parser.add_argument("--queues", default="", help="Comma-separated queues to consume.")
         mode = parser.add_mutually_exclusive_group()
         mode.add_argument("--sync", action="store_true", help="Run tasks in this process, no Ray.")
-        mode.add_argument("--local", action="store_true", help="Start a local Ray and run tasks on it.")
+        mode.add_argument(
+            "--local", action="store_true", help="Start a local Ray and run tasks on it."
+        )
         mode.add_argument(
             "--cluster", metavar="ADDR", default=None,
             help="Run tasks on an existing Ray cluster (ray://host:10001 or host:port).",
@@ -48,18 +50,28 @@ class Command(BaseCommand):
         )  # fmt: skip
         parser.add_argument("--num-cpus", type=positive_int, default=None,
                             help="CPUs for the local Ray instance (--local).")  # fmt: skip
-        parser.add_argument("--batch", action="store_true", help="Exit once no task is left to run.")
+        parser.add_argument(
+            "--batch", action="store_true", help="Exit once no task is left to run."
+        )
         parser.add_argument("--max-tasks", type=positive_int, default=None,
                             help="Exit after this many tasks.")  # fmt: skip
         parser.add_argument("--worker-id", type=worker_id, default=None,
-                            help="Id recorded in worker_ids (default: host-pid-random).")  # fmt: skip
+                            help="Id kept in worker_ids (default: host-pid-random).")  # fmt: skip
         parser.add_argument("--broker", default=None, help="Broker URL (default: from settings).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         _configure_logging(options["verbosity"])
         queues = list(options["queue"]) + [q for q in options["queues"].split(",") if q.strip()]
         queues = [q.strip() for q in queues] or ["default"]
-        mode = "sync" if options["sync"] else "local" if options["local"] else "cluster" if options["cluster"] else "job"
+        mode = (
+            "sync"
+            if options["sync"]
+            else "local"
+            if options["local"]
+            else "cluster"
+            if options["cluster"]
+            else "job"
+        )
         runner_options: dict[str, Any] = {"num_cpus": options["num_cpus"]}
         if options["cluster"]:
             runner_options["address"] = options["cluster"]
@@ -92,4 +104,6 @@ def _configure_logging(verbosity: int) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO if verbosity else logging.WARNING)
+    logger.setLevel(
+        logging.DEBUG if verbosity > 1 else logging.INFO if verbosity else logging.WARNING
+    )
