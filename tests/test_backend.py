@@ -336,3 +336,15 @@ def test_the_backend_alias_travels_with_the_task(queue: str) -> None:
         assert (fetched.backend, fetched.task.backend) == ("second", "second")
         with pytest.raises(TaskResultDoesNotExist):
             task_backends["default"].get_result(result.id)
+
+
+def test_hard_time_limit_ends_the_task_in_sync_mode(queue: str) -> None:
+    over = tasks.overrun.using(queue_name=queue).enqueue(30)
+    after = tasks.add.using(queue_name=queue, priority=-10).enqueue(2, 2)
+    run_worker(queue)
+    over.refresh()
+    after.refresh()
+    assert over.status == TaskResultStatus.FAILED
+    assert over.errors[-1].exception_class_path == "django_ray.exceptions.TaskTimeLimitExceeded"
+    assert (over.finished_at - over.started_at).total_seconds() < 15
+    assert after.return_value == 4

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["LocalRunner", "remote_execute"]
 
 _remote: Any = None
+BACKSTOP_GRACE = 30.0
 
 
 def _run_in_ray(message: TaskMessage, worker_id: str) -> Any:
@@ -83,9 +84,18 @@ class LocalRunner(BaseRunner):
     # -- work -------------------------------------------------------------------
 
     def submit(self, message: TaskMessage, delivery: Any) -> None:
-        options = {k: v for k, v in ray_options_for(message).items() if not k.startswith("entrypoint_")}
+        options = {
+            k: v for k, v in ray_options_for(message).items() if not k.startswith("entrypoint_")
+        }
         ref = remote_execute().options(**options).remote(message, self.worker_id)
-        deadline = time.monotonic() + message.time_limit if message.time_limit else None
+        # The task's own process enforces the limit from its real start (SIGALRM); this
+        # backstop, counted from submission, also covers queueing in Ray and a task stuck
+        # where a signal cannot reach it.
+        deadline = (
+            time.monotonic() + 2 * message.time_limit + BACKSTOP_GRACE
+            if message.time_limit
+            else None
+        )
         self._in_flight[ref] = _InFlight(message, delivery, deadline)
 
     def in_flight(self) -> int:

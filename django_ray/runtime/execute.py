@@ -182,7 +182,7 @@ def _run_django(task: Any, message: TaskMessage, record: Any, worker_id: str) ->
         args = (
             (TaskContext(task_result=result), *record.args) if task.takes_context else record.args
         )
-        value = json_result(task.call(*args, **record.kwargs))
+        value = json_result(_call_with_limit(task, message, args, record.kwargs))
     except KeyboardInterrupt:
         # Stopped at once (a second SIGTERM): no outcome, the message goes back to the
         # broker, and the record waits READY for its next delivery instead of staying RUNNING.
@@ -210,6 +210,21 @@ def _run_django(task: Any, message: TaskMessage, record: Any, worker_id: str) ->
     record.mark_successful(value)
     _send(task_finished, sender, to_task_result(record, task))
     return Outcome(task_id=message.id, status=record.status)
+
+
+def _call_with_limit(task: Any, message: TaskMessage, args: Any, kwargs: Any) -> Any:
+    """Call the task, ending it at its hard time limit (SIGALRM where the call is on the main thread)."""
+    from django_ray.exceptions import TaskTimeLimitExceeded
+    from django_ray.runtime.time_limits import HardTimeLimit, time_limits
+
+    limit = message.time_limit or getattr(task, "time_limit", None)
+    try:
+        with time_limits(limit, None, soft_exc=TaskTimeLimitExceeded, task_id=message.id):
+            return task.call(*args, **kwargs)
+    except HardTimeLimit as e:
+        raise TaskTimeLimitExceeded(
+            f"Task {message.id} exceeded its {e.seconds}s time limit."
+        ) from None
 
 
 def _retry_delay(task: Any, attempts: int) -> float:
