@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -134,6 +135,11 @@ def test_task_record_is_written_too(worker: RunningWorker) -> None:
     assert ok.get(timeout=TIMEOUT) == 4
     with pytest.raises(ValueError):
         bad.get(timeout=TIMEOUT)
+    # Celery's tracer stores the client's result first; the record follows within moments.
+    deadline = time.monotonic() + 10
+    while TaskRecord.objects.unfinished().filter(pk__in=[ok.id, bad.id]).exists():
+        assert time.monotonic() < deadline, "the TaskRecord never finished"
+        time.sleep(0.05)
     record = TaskRecord.objects.get(pk=ok.id)
     assert (record.status, record.return_value, record.origin) == (
         TaskStatus.SUCCESSFUL,
