@@ -6,12 +6,14 @@ base64 argument: no task data is interpolated into a shell command. Submission i
 deterministic per task attempt (``django-ray-<task id>-<retries>``), so a restarted worker
 that receives the same attempt again attaches to the existing job instead of submitting
 it twice. Statuses are polled every ``JOB_POLL_INTERVAL`` seconds; a job that died
-(killed, OOM, node lost) is retried if attempts remain, else FAILED.
+(killed, OOM, node lost) is retried if attempts remain, else FAILED. A client's
+``revoke(terminate=True)`` stops the job and stores REVOKED "terminated".
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 import sys
 import time
@@ -22,7 +24,12 @@ from django_ray import conf
 from django_ray.exceptions import ModeNotAvailable
 from django_ray.message import TaskMessage
 from django_ray.runners.base import BaseRunner, Completion
-from django_ray.runners.ray_support import lost_attempt, ray_options_for, runtime_env
+from django_ray.runners.ray_support import (
+    lost_attempt,
+    ray_options_for,
+    runtime_env,
+    terminated_attempt,
+)
 from django_ray.runtime.job import encode_argument
 
 logger = logging.getLogger(__name__)
@@ -30,6 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["JobRunner", "submission_id"]
 
 FINISHED_STATES = {"SUCCEEDED", "FAILED", "STOPPED"}
+ENCODED_ARGUMENT = re.compile(r"[A-Za-z0-9_=-]{32,}")
 
 
 def submission_id(message: TaskMessage) -> str:
@@ -60,6 +68,8 @@ class JobRunner(BaseRunner):
         self.client: Any = None
         self._jobs: dict[str, _Job] = {}
         self._done: list[Completion] = []
+        # Jobs stopped because a client revoked their task with terminate=True.
+        self._terminating: set[str] = set()
         self._next_poll = 0.0
 
     def start(self) -> None:
@@ -98,6 +108,16 @@ class JobRunner(BaseRunner):
     def in_flight(self) -> int:
         return len(self._jobs)
 
+    def terminate(self, task_id: str) -> bool:
+        """Stop the Ray job running ``task_id``."""
+        # A snapshot: the control thread calls this while the worker loop polls.
+        for job_id, job in list(self._jobs.items()):
+            if job.message.id == task_id:
+                self._terminating.add(job_id)
+                self.client.stop_job(job_id)
+                return True
+        return False
+
     def poll(self, timeout: float = 0) -> list[Completion]:
         now = time.monotonic()
         if self._jobs and now < self._next_poll and timeout:
@@ -127,7 +147,12 @@ class JobRunner(BaseRunner):
                 self.client.stop_job(job_id)
             return
         self._jobs.pop(job_id)
-        self._done.append(Completion(job.message, job.delivery, outcome=self._outcome(job, status)))
+        if job_id in self._terminating:
+            self._terminating.discard(job_id)
+            outcome = terminated_attempt(job.message)
+        else:
+            outcome = self._outcome(job, status)
+        self._done.append(Completion(job.message, job.delivery, outcome=outcome))
 
     def _outcome(self, job: _Job, status: str) -> Any:
         from django.db import close_old_connections
@@ -147,10 +172,13 @@ class JobRunner(BaseRunner):
         return lost_attempt(job.message, self.worker_id, f"Ray job {status}: {info}")
 
     def _job_message(self, job_id: str) -> str:
+        """Return why the job ended, without the task's arguments (they may be secrets)."""
         try:
-            return str(self.client.get_job_info(job_id).message or "")[:500]
+            text = str(self.client.get_job_info(job_id).message or "")
         except Exception:
             return ""
+        # Ray quotes the entrypoint, whose last argument is the encoded message.
+        return ENCODED_ARGUMENT.sub("<message>", text.split(", last available logs")[0])[:300]
 
     def shutdown(self, *, wait: bool = True) -> None:
         while wait and self._jobs:

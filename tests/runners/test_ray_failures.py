@@ -35,6 +35,8 @@ def test_dead_process_is_retried_then_failed_and_time_limit_stops_the_task(
     proc = run_worker(f"--queue={queue}", "--batch", *args, timeout=240, **env)
 
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Task arguments (the encoded message of a job) never reach the worker's log.
+    assert "eyJoZWFkZXJz" not in proc.stderr
     for result in (recovered, lost, overrun, fanned):
         result.refresh()
     assert recovered.status == TaskResultStatus.SUCCESSFUL
