@@ -15,13 +15,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import MANAGE, ROOT, environment, fresh_database, percentile  # noqa: E402
+from benchmarks.harness import MANAGE, ROOT, environment, fresh_database, percentile
 
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/9")
 HELPER = ROOT / "benchmarks" / "scripts_enqueue.py"
@@ -89,8 +88,10 @@ def main() -> None:
         head = RayHead()
         head.start()
     try:
-        modes: list[tuple[str, list[str], dict[str, str]]] = [("sync", ["--sync"], {}),
-                                                              ("local", ["--local"], {})]  # fmt: skip
+        modes: list[tuple[str, list[str], dict[str, str]]] = [
+            ("sync", ["--sync"], {}),
+            ("local", ["--local"], {}),
+        ]
         if head is not None:
             modes.append(("cluster", [f"--cluster={head.gcs_address}"], head.env()))
             modes.append(("job", [], {**head.env(), "DJANGO_RAY_RAY_ADDRESS": head.dashboard_url}))
@@ -126,7 +127,7 @@ def main() -> None:
 
 def print_table(rows, args) -> None:  # type: ignore[no-untyped-def]
     sync = next((r for r in rows if r[0] == "sync"), None)
-    print(f"\nno-op: {args.noop} tasks (job: 20); cpu: {args.cpu} x 20 ms (job: 20); broker Redis\n")
+    print(f"\nno-op: {args.noop} tasks, cpu: {args.cpu} x 20 ms (job mode: 20 each); Redis\n")
     print(f"{'mode':<26}{'no-op/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'cpu/s':>8}{'cpu vs sync':>13}")
     for name, noop, p50, p95, cpu in rows:
         ratio = f"{cpu / sync[4]:.2f}x" if cpu and sync and sync[4] else "-"

@@ -127,24 +127,31 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
             return Outcome(task_id=message.id, status=record.status, duplicate=True)
         logger.error("Refused task %s [%s]: %s", message.task, message.id, e)
         record.mark_failed(error_info(e) | {"traceback": ""})
-        results.mirror(record, message)
-        return Outcome(task_id=message.id, status=record.status, error=str(e))
+        publish = tuple(results.mirror(record, message))
+        return Outcome(task_id=message.id, status=record.status, publish=publish, error=str(e))
 
     record = record_for(message)
     if record.is_finished:
         logger.info("Task %s [%s] already %s; skipping.", message.task, message.id, record.status)
+        publish = ()
         if record.celery_state == "REVOKED":
             # Revoked before it started (django_ray.control): tell its Celery client now.
-            results.mirror(record, message)
-        return Outcome(task_id=message.id, status=record.status, duplicate=True)
+            publish = tuple(results.mirror(record, message))
+        elif message.chord is not None and results.store() is None:
+            # A chord part redelivered after its worker stopped before joining: join now
+            # (the join sends the body once, whoever asks).
+            from django_ray import chords
+
+            publish = tuple(chords.part_finished(message))
+        return Outcome(task_id=message.id, status=record.status, duplicate=True, publish=publish)
     if message.expires is not None and message.expires < timezone.now():
         record.mark_revoked("expired")
-        results.mirror(record, message)
-        return Outcome(task_id=message.id, status=record.status, error="expired")
+        publish = tuple(results.mirror(record, message))
+        return Outcome(task_id=message.id, status=record.status, publish=publish, error="expired")
     if results.is_revoked(message.id):
         record.mark_revoked("revoked")
-        results.mirror(record, message)
-        return Outcome(task_id=message.id, status=record.status, error="revoked")
+        publish = tuple(results.mirror(record, message))
+        return Outcome(task_id=message.id, status=record.status, publish=publish, error="revoked")
 
     if entry.kind == "django":
         return _run_django(entry.obj, message, record, worker_id)
@@ -213,7 +220,7 @@ def _run_django(task: Any, message: TaskMessage, record: Any, worker_id: str) ->
 
 
 def _call_with_limit(task: Any, message: TaskMessage, args: Any, kwargs: Any) -> Any:
-    """Call the task, ending it at its hard time limit (SIGALRM where the call is on the main thread)."""
+    """Call the task, ending it at its hard time limit (SIGALRM, on the main thread)."""
     from django_ray.exceptions import TaskTimeLimitExceeded
     from django_ray.runtime.time_limits import HardTimeLimit, time_limits
 
