@@ -9,13 +9,12 @@ Celery worker had run it (the format is in ``celery/backends/base.py``, ``_get_r
 from __future__ import annotations
 
 import json
-import os
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from django_ray.message import TaskMessage, new_task_id
+from django_ray.message import TaskMessage
 
 __all__ = [
     "EXCEPTION_STATES",
@@ -26,17 +25,26 @@ __all__ = [
     "request_dict",
     "result_meta",
     "result_tuple",
-    "signature_messages",
 ]
 
 PENDING, STARTED, RETRY = "PENDING", "STARTED", "RETRY"
 SUCCESS, FAILURE, REVOKED = "SUCCESS", "FAILURE", "REVOKED"
 READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
 EXCEPTION_STATES = frozenset({RETRY, FAILURE, REVOKED})
-# Where a class lives for a Celery client, when ours stands in for Celery's own.
+# Where a class lives for a Celery client, when ours stands in for Celery's own: an
+# unchanged Celery client then re-raises Celery's class (``celery.exceptions`` re-exports
+# billiard's time-limit and worker-lost errors, and Celery stores them under billiard).
+_BILLIARD = ("SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLostError")
+_CELERY = (
+    "CeleryError", "ChordError", "Ignore", "ImproperlyConfigured", "InvalidTaskError",
+    "MaxRetriesExceededError", "NotRegistered", "Reject", "Retry", "TaskError",
+    "TaskPredicate", "TaskRevokedError", "TimeoutError",
+)  # fmt: skip
 WIRE_MODULES = {
     "django_ray.runtime.time_limits.SoftTimeLimitExceeded": "billiard.exceptions",
     "django_ray.runtime.time_limits.TimeLimitExceeded": "billiard.exceptions",
+    **{f"compat.celery.exceptions.{name}": "billiard.exceptions" for name in _BILLIARD},
+    **{f"compat.celery.exceptions.{name}": "celery.exceptions" for name in _CELERY},
 }
 
 
@@ -148,78 +156,6 @@ def request_dict(
         "chain": list(message.chain) or None,
         "chord": message.chord,
     }
-
-
-def signature_messages(
-    sig: Mapping[str, Any], *, parent: TaskMessage, prefix: Sequence[Any] = ()
-) -> list[TaskMessage]:
-    """Return the messages that applying signature ``sig`` publishes, as Celery would.
-
-    ``prefix`` is prepended to the args of a mutable signature (the parent's result).
-    Plain signatures, groups and chains are supported; anything else raises ``ValueError``.
-    """
-    kind = sig.get("subtask_type")
-    options = dict(sig.get("options") or {})
-    kwargs = dict(sig.get("kwargs") or {})
-    if kind == "group":
-        group_id = options.get("task_id") or new_task_id()
-        messages = []
-        for index, member in enumerate(kwargs.get("tasks") or ()):
-            member = _with_options(member, group_id=group_id, group_index=index)
-            messages += signature_messages(member, parent=parent, prefix=prefix)
-        return messages
-    if kind == "chain":
-        tasks = list(kwargs.get("tasks") or ())
-        if not tasks:
-            return []
-        first, rest = tasks[0], tasks[1:]
-        first = _with_options(first, chain=[*reversed(rest), *(options.get("chain") or ())])
-        return signature_messages(first, parent=parent, prefix=prefix)
-    if kind is not None:
-        raise ValueError(
-            f"Cannot apply a {kind!r} signature without Celery installed; "
-            "install celery and set DJANGO_RAY['CELERY_APP']."
-        )
-    args = tuple(sig.get("args") or ())
-    if not sig.get("immutable"):
-        args = (*prefix, *args)
-    return [
-        TaskMessage(
-            id=options.get("task_id") or new_task_id(),
-            task=str(sig["task"]),
-            args=args,
-            kwargs=kwargs,
-            queue=options.get("queue") or parent.queue,
-            root_id=parent.root_id or parent.id,
-            parent_id=parent.id,
-            group=options.get("group_id"),
-            group_index=options.get("group_index"),
-            callbacks=_sig_list(options.get("link")),
-            errbacks=_sig_list(options.get("link_error")),
-            chain=_sig_list(options.get("chain")),
-            chord=options.get("chord") if isinstance(options.get("chord"), dict) else None,
-            ignore_result=options.get("ignore_result"),
-            time_limit=options.get("time_limit"),
-            soft_time_limit=options.get("soft_time_limit"),
-            reply_to=options.get("reply_to"),
-            origin=f"gen{os.getpid()}@{socket.gethostname()}",
-        )
-    ]
-
-
-def _with_options(sig: Mapping[str, Any], **options: Any) -> dict[str, Any]:
-    merged = {
-        **dict(sig.get("options") or {}),
-        **{k: v for k, v in options.items() if v is not None},
-    }
-    return {**dict(sig), "options": merged}
-
-
-def _sig_list(value: Any) -> tuple[dict[str, Any], ...]:
-    if not value:
-        return ()
-    items: Iterable[Any] = [value] if isinstance(value, Mapping) else value
-    return tuple(dict(item) for item in items if isinstance(item, Mapping))
 
 
 def plain_number(value: float | None) -> float | int | None:

@@ -6,14 +6,17 @@ its own connection and thread, so a task running in the main thread (``--sync``)
 delay it. It handles ``revoke`` only: the ids are marked REVOKED in ``TaskRecord`` (durable
 and shared by every worker process, see ``results.revoke``) and their Celery result is
 stored when its message comes up, so the task never starts; with ``terminate=True`` an
-attempt running in this process is interrupted (REVOKED "terminated"). Other commands
-(ping, inspect) are left to Celery workers.
+attempt this worker runs is stopped by its runner (``BaseRunner.terminate``: SIGALRM in
+``--sync``, ``ray.cancel(force=True)`` in ``--local``/``--cluster``, a stopped job in Ray
+Job mode) and stored REVOKED "terminated". Other commands (ping, inspect) are left to
+Celery workers.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from kombu import Connection
@@ -35,11 +38,19 @@ POLL_SECONDS = 0.5
 class ControlListener(threading.Thread):
     """Consume the pidbox of one worker on a daemon thread until ``stop()``."""
 
-    def __init__(self, connection: Connection, *, hostname: str, namespace: str = "celery") -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        hostname: str,
+        namespace: str = "celery",
+        terminate: Callable[[str], bool] = time_limits.terminate,
+    ) -> None:
         super().__init__(name="django-ray-control", daemon=True)
         self.connection = connection
         self.hostname = hostname
         self.namespace = namespace
+        self.terminate = terminate
         self.ready = threading.Event()
         self._stopping = threading.Event()
 
@@ -108,17 +119,28 @@ class ControlListener(threading.Thread):
         finally:
             close_old_connections()
         if terminate:
-            # An attempt running here (--sync) is interrupted; the Ray runners cancel theirs.
-            for running in [t for t in ids if time_limits.terminate(t)]:
+            for running in [t for t in ids if self._terminate(t)]:
                 logger.info("Terminating %s.", running)
         logger.info(
             "Revoked %s (marked before start: %s).", ", ".join(ids), ", ".join(marked) or "none"
         )
         return {"ok": f"tasks {', '.join(ids)} flagged as revoked"}
 
+    def _terminate(self, task_id: str) -> bool:
+        try:
+            return self.terminate(task_id)
+        except Exception:
+            logger.exception("Could not terminate %s.", task_id)
+            return False
 
-def start(broker: Any, *, worker_id: str) -> ControlListener | None:
-    """Start listening for Celery control commands on ``broker``'s server, if it has them."""
+
+def start(
+    broker: Any, *, worker_id: str, terminate: Callable[[str], bool] | None = None
+) -> ControlListener | None:
+    """Start listening for Celery control commands on ``broker``'s server, if it has them.
+
+    ``terminate(task_id)`` stops a running attempt (the runner's ``terminate``).
+    """
     if broker.kind not in CONTROL_BROKERS:
         return None
     namespace = "celery"
@@ -128,7 +150,10 @@ def start(broker: Any, *, worker_id: str) -> ControlListener | None:
     if app is not None:
         namespace = app.conf.control_exchange
     listener = ControlListener(
-        broker.connection, hostname=fmt.node_name(worker_id), namespace=namespace
+        broker.connection,
+        hostname=fmt.node_name(worker_id),
+        namespace=namespace,
+        terminate=terminate or time_limits.terminate,
     )
     listener.start()
     return listener

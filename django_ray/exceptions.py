@@ -10,6 +10,7 @@ __all__ = [
     "MalformedMessage",
     "ModeNotAvailable",
     "NotRegistered",
+    "RequeueLimitExceeded",
     "TaskTimeLimitExceeded",
     "WorkerLost",
 ]
@@ -46,6 +47,10 @@ class ModeNotAvailable(DjangoRayError):
 
 class TaskTimeLimitExceeded(DjangoRayError):
     """A task ran past its hard time limit and was stopped."""
+
+
+class RequeueLimitExceeded(DjangoRayError):
+    """A task rejected its message with ``Reject(requeue=True)`` too many times in a row."""
 
 
 class WorkerLost(DjangoRayError):

@@ -3,7 +3,8 @@
 A message names a task; the worker runs it only if the name resolves here:
 
 * a Django ``@task`` declared with our backend, by its ``module_path``;
-* a task registered by name (``compat.celery`` tasks, Celery built-ins we provide);
+* a task registered by name (``compat.celery`` tasks, and Celery's built-ins
+  ``celery.starmap``/``celery.map`` when there is no Celery app to provide them);
 * a task of the project's real Celery app (``DJANGO_RAY["CELERY_APP"]``), by its Celery name.
 
 A name is never imported as an arbitrary dotted path: the module part must be a
@@ -71,12 +72,18 @@ def autodiscover() -> None:
         if app is not None:
             app.loader.import_default_modules()
             app.autodiscover_tasks(lambda: [c.name for c in apps.get_app_configs()], force=True)
+        else:
+            _register_builtins()
         _discovered = True
 
 
 def resolve(name: str) -> Entry:
     """Return the task registered as ``name``, or raise ``NotRegistered``."""
     if name in _named:
+        return Entry(name, "celery", _named[name])
+    if name in {"celery.starmap", "celery.map"} and celery_app() is None:
+        # A process that never ran autodiscover() (a Ray worker, a job entrypoint).
+        _register_builtins()
         return Entry(name, "celery", _named[name])
     task = _django_task(name)
     if task is not None:
@@ -133,6 +140,12 @@ def _import_optional(module_name: str) -> None:
     except ModuleNotFoundError as e:
         if e.name != module_name:  # the module exists but one of its imports is missing
             raise
+
+
+def _register_builtins() -> None:
+    from django_ray.builtins import register_builtins
+
+    register_builtins()
 
 
 def _is_celery_internal(name: str) -> bool:

@@ -4,7 +4,8 @@
 ``mark_as_failure``, ``mark_as_retry``, ``mark_as_revoked``), which also fails the rest
 of a chain, calls errbacks and counts chord parts. ``RedisStore`` writes the same
 ``celery-task-meta-<id>`` documents with redis-py when Celery is not installed, and
-returns the follow-up messages (errbacks, a chord body) for the worker to publish.
+returns the follow-up messages (errbacks, a chord body) for the worker to publish. Both
+store a chord's header size (``set_chord_size``) for whoever sends its header.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 
 from django_ray import celery_format as fmt
 from django_ray.message import TaskMessage
+from django_ray.runtime import follow_ups
 
 __all__ = ["CeleryAppStore", "RedisStore", "ResultStore"]
 
@@ -37,7 +39,11 @@ class ResultStore(Protocol):
         self, message: TaskMessage, exc: BaseException | None, traceback: str | None
     ) -> None: ...
 
-    def revoked(self, task_id: str, reason: str, message: TaskMessage | None = None) -> None: ...
+    def revoked(
+        self, task_id: str, reason: str, message: TaskMessage | None = None
+    ) -> list[TaskMessage]: ...
+
+    def set_chord_size(self, group_id: str, size: int) -> None: ...
 
 
 class CeleryAppStore:
@@ -86,9 +92,16 @@ class CeleryAppStore:
     ) -> None:
         self.backend.mark_as_retry(message.id, exc, traceback, request=self.context(message))
 
-    def revoked(self, task_id: str, reason: str, message: TaskMessage | None = None) -> None:
+    def revoked(
+        self, task_id: str, reason: str, message: TaskMessage | None = None
+    ) -> list[TaskMessage]:
         request = self.context(message) if message is not None else None
         self.backend.mark_as_revoked(task_id, reason, request=request)
+        return []
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        """Store a chord's header size where the app backend's chord join reads it."""
+        self.backend.set_chord_size(group_id, size)
 
 
 # Record one chord part and claim the body once every part is in (the keys and their
@@ -106,9 +119,9 @@ local ready = redis.call('ZCARD', jkey)
 if expires > 0 then
     for _, key in ipairs({jkey, tkey, skey, dkey}) do redis.call('EXPIRE', key, expires) end
 end
-local size = redis.call('GET', skey)
+local size = redis.call('GET', skey) or ARGV[6]
 local claimed = 0
-if size and ready == tonumber(size) + tonumber(redis.call('GET', tkey) or 0) then
+if size and size ~= '' and ready == tonumber(size) + tonumber(redis.call('GET', tkey) or 0) then
     if redis.call('SET', ckey, ARGV[5], 'NX', 'EX', 300) then claimed = 1 end
 end
 return {ready, claimed}
@@ -187,10 +200,7 @@ class RedisStore:
             step_id = (step.get("options") or {}).get("task_id")
             if step_id:
                 self.set(step_id, fmt.result_meta(step_id, fmt.FAILURE, encoded, traceback))
-        follow_ups = self._chord_part(message, fmt.FAILURE, encoded)
-        for errback in message.errbacks:
-            follow_ups += fmt.signature_messages(errback, parent=message, prefix=(message.id,))
-        return follow_ups
+        return self._chord_part(message, fmt.FAILURE, encoded) + follow_ups.errbacks(message)
 
     def retried(
         self, message: TaskMessage, exc: BaseException | None, traceback: str | None
@@ -199,7 +209,9 @@ class RedisStore:
         encoded = fmt.encode_exception(exc) if exc is not None else None
         self._store(message, fmt.RETRY, encoded, traceback)
 
-    def revoked(self, task_id: str, reason: str, message: TaskMessage | None = None) -> None:
+    def revoked(
+        self, task_id: str, reason: str, message: TaskMessage | None = None
+    ) -> list[TaskMessage]:
         encoded = {
             "exc_type": "TaskRevokedError",
             "exc_message": [reason],
@@ -207,9 +219,13 @@ class RedisStore:
         }
         if message is None:
             self.set(task_id, fmt.result_meta(task_id, fmt.REVOKED, encoded))
-            return
+            return []
         self._store(message, fmt.REVOKED, encoded)
-        self._chord_part(message, fmt.REVOKED, encoded)
+        return self._chord_part(message, fmt.REVOKED, encoded)
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        """Store a chord's header size, as a Celery client applying the chord does."""
+        self.client.set(f"celery-taskset-meta-{group_id}.s", size, ex=self.expires or None)
 
     # -- chords ---------------------------------------------------------------------
 
@@ -221,10 +237,15 @@ class RedisStore:
         keys = [f"celery-taskset-meta-{gid}{suffix}" for suffix in (".j", ".t", ".s", ".d", ".c")]
         index = message.group_index if message.group_index is not None else "+inf"
         encoded = json.dumps([1, message.id, state, result])
+        # The size a Celery client stored; else the one the body carries (compat.celery).
+        size = message.chord.get("chord_size")
         ready, claimed = self._chord_script(
             keys=keys,
-            args=[f"{message.id}:{index}", encoded, index, self.expires or 0, uuid.uuid4().hex],
-        )
+            args=[
+                f"{message.id}:{index}", encoded, index, self.expires or 0, uuid.uuid4().hex,
+                size if isinstance(size, int) else "",
+            ],
+        )  # fmt: skip
         if ready == -1 or not claimed:
             return []
         raw_parts: list[bytes] = self.client.zrange(keys[0], 0, -1)  # type: ignore[assignment]
@@ -244,5 +265,4 @@ class RedisStore:
             if body_id:
                 self.set(body_id, fmt.result_meta(body_id, fmt.FAILURE, error))
             return []
-        results = [p[3] for p in parts]
-        return fmt.signature_messages(body, parent=message, prefix=(results,))
+        return follow_ups.chord_body(message, [p[3] for p in parts])

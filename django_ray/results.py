@@ -5,8 +5,9 @@ backend when Celery is installed and ``DJANGO_RAY["CELERY_APP"]`` names an app, 
 Celery's Redis format written with redis-py from ``CELERY_RESULT_BACKEND``, else nowhere
 (``TaskRecord`` stays the system of record either way). ``mirror()`` copies a record's
 state there for outcomes decided outside a task (unknown name, expired, revoked,
-malformed). Revoked ids are kept durably as REVOKED records, so every worker process
-sees them; their Celery result is written when their message comes up.
+malformed, time limit, lost) and returns what that outcome sends on. Revoked ids are kept
+durably as REVOKED records, so every worker process sees them; their Celery result is
+written when their message comes up.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from django_ray import celery_format as fmt
 from django_ray.message import TaskMessage
 from django_ray.result_stores import CeleryAppStore, RedisStore, ResultStore
 
@@ -34,6 +36,8 @@ MAX_REVOKED_IN_MEMORY = 50_000
 CELERY_NAMES = {
     "django_ray.exceptions.NotRegistered": ("celery.exceptions", "NotRegistered"),
     "django_ray.exceptions.MalformedMessage": ("celery.exceptions", "InvalidTaskError"),
+    "django_ray.exceptions.TaskTimeLimitExceeded": ("billiard.exceptions", "TimeLimitExceeded"),
+    "django_ray.exceptions.WorkerLost": ("billiard.exceptions", "WorkerLostError"),
 }
 
 
@@ -68,23 +72,31 @@ def _is_disabled(app: Any) -> bool:
     return type(app.backend).__name__ == "DisabledBackend"
 
 
-def mirror(record: Any, message: TaskMessage) -> None:
-    """Write ``record``'s state where a Celery client's ``AsyncResult`` looks for it."""
+def mirror(record: Any, message: TaskMessage) -> list[TaskMessage]:
+    """Write ``record``'s state where a Celery client's ``AsyncResult`` looks for it.
+
+    Return the messages its outcome sends on (errbacks; the end of a chord it belongs to,
+    joined through ``TaskRecord`` when there is no result store), for the worker to publish.
+    """
     state = record.celery_state
     try:
         target = store()
         if target is None:
-            return
+            from django_ray import chords
+
+            return chords.part_finished(message) if record.is_finished else []
         if state == "REVOKED":
             reason = (record.last_error or {}).get("exc_message") or ["revoked"]
-            target.revoked(message.id, str(reason[0]), message)
-        elif state == "FAILURE":
-            target.failed(message, _exception(record, message), _traceback(record), store=True)
-        elif state == "SUCCESS":
-            target.done(message, record.return_value, children=(), store=True)
+            return target.revoked(message.id, str(reason[0]), message)
+        if state == "FAILURE":
+            exc = _exception(record, message)
+            return target.failed(message, exc, _traceback(record), store=True)
+        if state == "SUCCESS":
+            return target.done(message, record.return_value, children=(), store=True)
     except Exception:
         # The record is the system of record; a result backend outage must not lose it.
         logger.exception("Could not write the Celery result of %s [%s].", message.task, message.id)
+    return []
 
 
 def is_revoked(task_id: str) -> bool:
@@ -136,8 +148,14 @@ def _exception(record: Any, message: TaskMessage) -> BaseException:
     args = list(error.get("exc_message") or [])
     if path in CELERY_NAMES:
         module, name = CELERY_NAMES[path]
-        # Celery stores NotRegistered(<task name>) and InvalidTaskError(<reason>).
-        args = [message.task] if name == "NotRegistered" else args[:1]
+        # Celery stores NotRegistered(<task name>), TimeLimitExceeded(<seconds>) and
+        # InvalidTaskError(<reason>) / WorkerLostError(<reason>).
+        if name == "NotRegistered":
+            args = [message.task]
+        elif name == "TimeLimitExceeded":
+            args = [fmt.plain_number(message.time_limit)] if message.time_limit else []
+        else:
+            args = args[:1]
         return _instance(module, name, args)
     module, _, name = path.rpartition(".")
     return _instance(module, name, args)

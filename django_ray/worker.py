@@ -90,7 +90,9 @@ class Worker:
         self.runner.start()
         self.broker.consume(self.queues, self._on_message, prefetch=self.runner.concurrency)
         # Celery clients' AsyncResult.revoke(), heard on a thread of its own.
-        control_listener = control.start(self.broker, worker_id=self.worker_id)
+        control_listener = control.start(
+            self.broker, worker_id=self.worker_id, terminate=self.runner.terminate
+        )
         logger.info(
             "Worker %s consuming %s from %s (%s).",
             self.worker_id, ",".join(self.queues), self.broker.kind, self.runner.describe(),

@@ -1,9 +1,12 @@
-"""The client's part of a chord: check the worker can join it, and store the header size.
+"""The client's part of a chord: store the header size where the worker joins the header.
 
-As with Celery, the worker joins a chord's header through the Celery result backend
-(``CELERY_RESULT_BACKEND``), and the *client* writes the header size there when it applies
-the chord (Celery's ``backend.set_chord_size``, the ``celery-taskset-meta-<gid>.s`` key).
-A chord the worker could not complete is refused here rather than left to hang.
+With a Celery result backend (``CELERY_RESULT_BACKEND``) the worker joins a chord's header
+there, and, as a Celery client does (``backend.set_chord_size``, the
+``celery-taskset-meta-<gid>.s`` key), whoever sends the header stores its size: this
+module for the chord a workflow starts with, the worker for a chord it sends later (a
+chord after the first step of a chain, or a chord in a chord's body). Without a result
+backend nothing is stored: the worker joins the header through the ``TaskRecord`` rows
+created with the header messages (``django_ray.chords``).
 """
 
 from __future__ import annotations
@@ -11,61 +14,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from compat.celery.exceptions import NotSupported
-
 __all__ = ["prepare_chords"]
 
 
 def prepare_chords(frozen: Mapping[str, Any]) -> None:
-    """Store the size of the chord ``frozen`` starts with; refuse chords we cannot complete."""
-    head, later = _split(frozen)
-    if head is None and not later:
+    """Store the header size of the chord the frozen workflow ``frozen`` starts with."""
+    head = _first_chord(frozen)
+    if head is None:
         return
-    if later:
-        raise NotSupported(
-            "A chord after the first step of a chain, or inside a chord body, is not supported "
-            "by compat.celery yet; start the chain with the chord instead."
-        )
-    assert head is not None
+    header = head["kwargs"]["header"]
+    size = len(header["kwargs"]["tasks"])
+    if not size:  # an empty header: the body is sent at once, nothing to join
+        return
     from django_ray import results
 
     store = results.store()
-    if store is None:
-        raise NotSupported(
-            "chord() needs a Celery result backend for the worker to join its header: "
-            "set CELERY_RESULT_BACKEND (e.g. 'redis://localhost:6379/0')."
-        )
-    header = head["kwargs"]["header"]
-    _set_chord_size(store, header["options"]["task_id"], len(header["kwargs"]["tasks"]))
+    if store is not None:
+        store.set_chord_size(header["options"]["task_id"], size)
 
 
-def _split(sig: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, bool]:
-    """Return (the chord applied first, whether another chord comes later)."""
+def _first_chord(sig: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Return the chord applied when ``sig`` is sent (a chain's first step), if any."""
     kind = sig.get("subtask_type")
     if kind == "chain":
-        steps = sig["kwargs"]["tasks"]
-        head, later = _split(steps[0])
-        return head, later or any(_contains_chord(s) for s in steps[1:])
-    if kind == "chord":
-        return sig, _contains_chord(sig["kwargs"]["body"])
-    return None, False
-
-
-def _contains_chord(sig: Mapping[str, Any]) -> bool:
-    if sig.get("subtask_type") == "chord":
-        return True
-    return any(_contains_chord(t) for t in (sig.get("kwargs") or {}).get("tasks") or ())
-
-
-def _set_chord_size(store: Any, group_id: str, size: int) -> None:
-    if not size:  # an empty header: the body is sent at once, nothing to join
-        return
-    if hasattr(store, "set_chord_size"):
-        store.set_chord_size(group_id, size)
-    elif hasattr(store, "backend"):  # the project's real Celery app backend
-        store.backend.set_chord_size(group_id, size)
-    elif hasattr(store, "client"):  # Celery's Redis format: the key its client writes
-        expires = getattr(store, "expires", None) or None
-        store.client.set(f"celery-taskset-meta-{group_id}.s", size, ex=expires)
-    else:
-        raise NotSupported(f"The result store {store!r} cannot join chords.")
+        return _first_chord(sig["kwargs"]["tasks"][0])
+    return sig if kind == "chord" else None

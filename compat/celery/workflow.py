@@ -55,7 +55,9 @@ def freeze(signature: Mapping[str, Any]) -> Sig:
         tasks, group_id = header["kwargs"]["tasks"], (header.get("options") or {}).get("task_id")
         body = plain(sig["kwargs"]["body"])
         body_id = options.pop("task_id", None)
-        if body_id:
+        # apply_async(task_id=) names the body, unless the body is frozen already (then the
+        # chord's id is its header's group id, as in a chord Celery froze).
+        if body_id and not (body.get("options") or {}).get("task_id"):
             body.setdefault("options", {})["task_id"] = body_id
         # As in Celery: callbacks of the chord hang on its body, other options on the header.
         for key in ("link", "link_error"):

@@ -58,5 +58,13 @@ class BaseRunner(ABC):
     def has_capacity(self) -> bool:
         return self.in_flight() < self.concurrency
 
+    def terminate(self, task_id: str) -> bool:
+        """Stop the running attempt of ``task_id`` (a client's ``revoke(terminate=True)``).
+
+        Called from the control thread, so it must be thread-safe. Return True if an
+        attempt of ``task_id`` was running here; its outcome is then REVOKED "terminated".
+        """
+        return False
+
     def shutdown(self, *, wait: bool = True) -> None:  # noqa: B027  (optional hook)
         """Release resources; with ``wait`` let running work finish first."""

@@ -3,8 +3,10 @@
 The remote function is defined once. Up to ``concurrency`` tasks are in flight; their
 results are collected with ``ray.wait`` without blocking the consumer. A task past its
 hard time limit is cancelled (``ray.cancel(force=True)``) and FAILED; a task whose Ray
-worker died is retried if attempts remain. If the connection to Ray itself is lost, the
-in-flight messages go back to the broker and the runner reconnects with back-off.
+worker died is retried if attempts remain. A task a client revokes with ``terminate=True``
+is cancelled the same way and stored REVOKED "terminated". If the connection to Ray itself
+is lost, the in-flight messages go back to the broker and the runner reconnects with
+back-off.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from typing import Any
 
 from django_ray.message import TaskMessage
 from django_ray.runners.base import BaseRunner, Completion
-from django_ray.runners.ray_support import lost_attempt, ray_options_for, runtime_env
+from django_ray.runners.ray_support import (
+    lost_attempt,
+    ray_options_for,
+    runtime_env,
+    terminated_attempt,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +65,8 @@ class LocalRunner(BaseRunner):
         self._requested_concurrency = concurrency
         self._in_flight: dict[Any, _InFlight] = {}
         self._done: list[Completion] = []
+        # Task ids a client revoked with terminate=True while they ran (see terminate()).
+        self._terminating: set[str] = set()
         self.info: dict[str, Any] = {}
 
     # -- connection -------------------------------------------------------------
@@ -101,6 +110,20 @@ class LocalRunner(BaseRunner):
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    def terminate(self, task_id: str) -> bool:
+        """Cancel the Ray task running ``task_id`` (``ray.cancel(force=True)``)."""
+        import ray
+
+        # A snapshot: the control thread calls this while the worker loop polls.
+        for ref, item in list(self._in_flight.items()):
+            if item.message.id == task_id:
+                self._terminating.add(task_id)
+                ray.cancel(ref, force=True)
+                if ref not in self._in_flight:  # it finished meanwhile: nothing to mark
+                    self._terminating.discard(task_id)
+                return True
+        return False
+
     def poll(self, timeout: float = 0) -> list[Completion]:
         import ray
 
@@ -126,11 +149,13 @@ class LocalRunner(BaseRunner):
         from ray import exceptions as rex
 
         item = self._in_flight.pop(ref)
+        terminating = item.message.id in self._terminating
+        self._terminating.discard(item.message.id)
         try:
             outcome = ray.get(ref)
         except (rex.WorkerCrashedError, rex.NodeDiedError, rex.OutOfMemoryError,
                 rex.TaskCancelledError, rex.ObjectLostError) as e:  # fmt: skip
-            outcome = self._lost(item, e)
+            outcome = terminated_attempt(item.message) if terminating else self._lost(item, e)
         except rex.RayTaskError as e:  # execute() itself failed (e.g. the database)
             logger.error("Ray task for %s failed outside the task: %s", item.message.id, e)
             self._done.append(Completion(item.message, item.delivery, error=e))
@@ -202,5 +227,5 @@ def _time_limit_exceeded(message: TaskMessage, worker_id: str) -> Any:
         return Outcome(task_id=message.id, status=record.status, duplicate=True)
     exc = TaskTimeLimitExceeded(f"Task {message.id} exceeded its {message.time_limit}s time limit.")
     record.mark_failed(error_info(exc))
-    results.mirror(record, message)
-    return Outcome(task_id=message.id, status=record.status, error="time limit")
+    publish = tuple(results.mirror(record, message))
+    return Outcome(task_id=message.id, status=record.status, publish=publish, error="time limit")

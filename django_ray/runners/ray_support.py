@@ -17,7 +17,7 @@ from django_ray.runtime.execute import Outcome
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["lost_attempt", "ray_options_for", "runtime_env"]
+__all__ = ["lost_attempt", "ray_options_for", "runtime_env", "terminated_attempt"]
 
 
 def task_env() -> dict[str, str]:
@@ -86,9 +86,25 @@ def lost_attempt(message: TaskMessage, worker_id: str, reason: str) -> Outcome:
     record.mark_failed(error)
     from django_ray import results
 
-    results.mirror(record, message)
+    publish = tuple(results.mirror(record, message))
     logger.error("Task %s [%s] lost (%s); FAILED.", message.task, message.id, reason)
-    return Outcome(task_id=message.id, status=record.status, error=reason)
+    return Outcome(task_id=message.id, status=record.status, publish=publish, error=reason)
+
+
+def terminated_attempt(message: TaskMessage) -> Outcome:
+    """Record an attempt stopped by a client's ``revoke(terminate=True)``: REVOKED "terminated"."""
+    from django_ray import results
+    from django_ray.records import record_for
+    from django_ray.runtime.execute import close_stale_connections
+
+    close_stale_connections()
+    record = record_for(message)
+    if record.is_finished:  # it finished before the cancellation reached it
+        return Outcome(task_id=message.id, status=record.status, duplicate=True)
+    logger.warning("Terminated %s [%s] at a client's request.", message.task, message.id)
+    record.mark_revoked("terminated")
+    publish = tuple(results.mirror(record, message))
+    return Outcome(task_id=message.id, status=record.status, publish=publish, error="terminated")
 
 
 def _max_attempts(message: TaskMessage) -> int:

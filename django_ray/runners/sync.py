@@ -33,3 +33,9 @@ class SyncRunner(BaseRunner):
 
     def in_flight(self) -> int:
         return 0
+
+    def terminate(self, task_id: str) -> bool:
+        """Interrupt the attempt running in the worker's main thread (SIGALRM)."""
+        from django_ray.runtime import time_limits
+
+        return time_limits.terminate(task_id)

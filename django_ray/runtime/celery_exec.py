@@ -23,13 +23,26 @@ from typing import Any
 from django.utils import timezone
 
 from django_ray import celery_format as fmt
+from django_ray.exceptions import RequeueLimitExceeded
 from django_ray.message import TaskMessage
 from django_ray.runtime.execute import Outcome, error_info, json_result, set_celery_executor
 from django_ray.runtime.time_limits import HardTimeLimit, Terminated, time_limits
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["execute_celery", "is_celery_task", "rejected", "retry_eta"]
+__all__ = [
+    "MAX_REJECT_REQUEUES",
+    "REQUEUE_HEADER",
+    "execute_celery",
+    "is_celery_task",
+    "rejected",
+    "retry_eta",
+]
+
+# Reject(requeue=True) puts a message back at most this many times, then it FAILS: a task
+# that always rejects would otherwise loop between the broker and the workers forever.
+MAX_REJECT_REQUEUES = 3
+REQUEUE_HEADER = "django_ray_requeues"
 
 _tracers: dict[tuple[int, str], Any] = {}
 _tracers_lock = threading.Lock()
@@ -37,7 +50,8 @@ _tracers_lock = threading.Lock()
 
 def is_celery_task(obj: Any) -> bool:
     """Return True if ``obj`` is a task of a real Celery app (never imports Celery)."""
-    if "celery" not in sys.modules:
+    # None: the import is blocked (``sys.modules["celery"] = None``), so nothing is Celery's.
+    if sys.modules.get("celery") is None:
         return False
     from celery.app.task import Task
 
@@ -171,10 +185,26 @@ def _terminated(task: Any, message: TaskMessage, record: Any, request: dict[str,
 
 
 def rejected(message: TaskMessage, record: Any, reject: Any) -> Outcome:
-    """``Reject(requeue=True)`` puts the message back; ``requeue=False`` fails the task."""
+    """``Reject(requeue=True)`` puts the message back (a bounded number of times, counted in
+    its ``django_ray_requeues`` header); ``requeue=False`` fails the task."""
+    from django_ray import results
+
     if getattr(reject, "requeue", False):
-        record.mark_ready()
-        return Outcome(task_id=message.id, status=record.status, publish=(message,))
+        count = message.headers.get(REQUEUE_HEADER)
+        count = count if isinstance(count, int) and not isinstance(count, bool) else 0
+        if count < MAX_REJECT_REQUEUES:
+            record.mark_ready()
+            again = message.replace(headers={**message.headers, REQUEUE_HEADER: count + 1})
+            return Outcome(task_id=message.id, status=record.status, publish=(again,))
+        error = RequeueLimitExceeded(
+            f"Task {message.task!r} [{message.id}] was rejected with requeue=True "
+            f"{count + 1} times in a row; raise Reject(requeue=False), or "
+            "self.retry(countdown=...) to try again later."
+        )
+        logger.error("%s", error)
+        record.mark_failed(error_info(error) | {"traceback": ""})
+        publish = tuple(results.mirror(record, message))
+        return Outcome(task_id=message.id, status=record.status, publish=publish, error="Reject")
     record.mark_failed(error_info(reject))
     return Outcome(task_id=message.id, status=record.status, error="Reject")
 

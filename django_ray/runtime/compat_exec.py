@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from django_ray import celery_format as fmt
-from django_ray import registry, results
+from django_ray import chords, results
 from django_ray.message import TaskMessage
 from django_ray.result_stores import ResultStore
 from django_ray.runtime.celery_exec import rejected, retry_eta
 from django_ray.runtime.execute import Outcome, error_info, json_result
+from django_ray.runtime.follow_ups import errbacks, on_success
 from django_ray.runtime.time_limits import (
     HardTimeLimit,
     Terminated,
@@ -36,7 +37,7 @@ from django_ray.runtime.time_limits import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExceptionInfo", "register_builtins", "run_compat_task"]
+__all__ = ["ExceptionInfo", "run_compat_task"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +74,10 @@ def run_compat_task(task: Any, message: TaskMessage, record: Any, worker_id: str
     except Terminated:
         logger.warning("Terminated %s[%s] at a client's request.", message.task, message.id)
         record.mark_revoked("terminated")
-        if target is not None:
-            try:
-                target.revoked(message.id, "terminated", message)
-            except Exception:
-                logger.exception("Storing the revoke of %s [%s] failed.", message.task, message.id)
-        return Outcome(task_id=message.id, status=record.status, error="terminated")
+        publish = tuple(results.mirror(record, message))
+        return Outcome(
+            task_id=message.id, status=record.status, publish=publish, error="terminated"
+        )
     except HardTimeLimit as e:
         logger.error(
             "Hard time limit (%ss) exceeded for %s[%s].", e.seconds, message.task, message.id
@@ -149,25 +148,20 @@ def _succeeded(
         value = json_result(value)
     except TypeError as e:
         return _failed(task, message, record, target, e, ignore)
-    follow_ups: list[TaskMessage] = []
     try:
-        for callback in message.callbacks:
-            follow_ups += fmt.signature_messages(callback, parent=message, prefix=(value,))
-        if message.chain:
-            step, rest = message.chain[-1], message.chain[:-1]
-            for step_message in fmt.signature_messages(step, parent=message, prefix=(value,)):
-                follow_ups.append(step_message.replace(chain=(*rest, *step_message.chain)))
-    except ValueError as e:
+        follow_ups = on_success(message, value)
+    except (ValueError, TypeError, NotImplementedError) as e:  # NotSupported included
         logger.error("Task %s [%s]: callbacks not sent: %s", message.task, message.id, e)
+        follow_ups = []
     children = [m.id for m in follow_ups]
     record.mark_successful(value, children=children)
-    if target is not None:
-        try:
+    try:
+        if target is not None:
             follow_ups += target.done(message, value, children=children, store=not ignore)
-        except Exception:
-            logger.exception("Storing the result of %s [%s] failed.", message.task, message.id)
-    elif message.chord is not None:
-        logger.error("Chord %s needs a result backend: set CELERY_RESULT_BACKEND.", message.group)
+        else:
+            follow_ups += chords.part_finished(message)
+    except Exception:
+        logger.exception("Storing the result of %s [%s] failed.", message.task, message.id)
     _hook(task, "on_success", value, message.id, list(message.args), dict(message.kwargs))
     _after_return(task, "SUCCESS", value, message, None)
     return Outcome(task_id=message.id, status=record.status, publish=tuple(follow_ups))
@@ -189,8 +183,7 @@ def _failed(
         if target is not None:
             follow_ups = target.failed(message, exc, error["traceback"], store=store)
         else:
-            for errback in message.errbacks:
-                follow_ups += fmt.signature_messages(errback, parent=message, prefix=(message.id,))
+            follow_ups = errbacks(message) + chords.part_finished(message)
     except Exception:
         logger.exception("Storing the failure of %s [%s] failed.", message.task, message.id)
     einfo = ExceptionInfo(exc, type(exc), error["traceback"])
@@ -238,37 +231,3 @@ def _hook(task: Any, name: str, *args: Any) -> None:
         hook(*args)
     except Exception:
         logger.exception("The %s hook of %s failed.", name, getattr(task, "name", task))
-
-
-# -- Celery's built-in tasks, for projects without Celery --------------------------------
-
-
-class _Builtin:
-    """``celery.starmap`` / ``celery.map``: call a registered task on each item, in order."""
-
-    max_retries = 0
-    ignore_result = False
-
-    def __init__(self, name: str, *, star: bool) -> None:
-        self.name = name
-        self.star = star
-
-    def push_request(self, **request: Any) -> None:
-        """Nothing to keep: the built-ins never read their request."""
-
-    def pop_request(self) -> None:
-        """Nothing to drop."""
-
-    def run(self, task: dict[str, Any], it: list[Any]) -> list[Any]:
-        entry = registry.resolve(str(task["task"]))
-        obj = entry.obj
-        call = obj.call if entry.kind == "django" else (obj if callable(obj) else obj.run)
-        return [call(*item) if self.star else call(item) for item in it]
-
-
-def register_builtins() -> None:
-    """Register ``celery.starmap`` and ``celery.map`` unless a Celery app provides them."""
-    if registry.celery_app() is not None:
-        return
-    registry.register("celery.starmap", _Builtin("celery.starmap", star=True))
-    registry.register("celery.map", _Builtin("celery.map", star=False))

@@ -18,7 +18,6 @@ from typing import Any
 import redis
 
 from django_ray.registry import register
-from django_ray.runtime.compat_exec import register_builtins
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
 
@@ -200,6 +199,3 @@ def note(value: Any, key: str) -> Any:
 @task()
 def errback(task_id: str, key: str) -> None:
     side_effects().rpush(f"duck:errbacks:{key}", task_id)
-
-
-register_builtins()

@@ -83,30 +83,6 @@ def test_encode_exception_uses_celery_names_for_stand_ins() -> None:
     assert fmt.encode_exception(ValueError(object))["exc_message"] == [repr(object)]
 
 
-def test_signature_messages_follow_celery_canvas() -> None:
-    parent = message(root_id="root")
-    mutable = {"task": "a", "args": [1], "kwargs": {}, "options": {"task_id": "t1"}}
-    immutable = {**mutable, "immutable": True}
-    [first] = fmt.signature_messages(mutable, parent=parent, prefix=(9,))
-    assert (first.id, first.args, first.parent_id, first.root_id) == (
-        "t1",
-        (9, 1),
-        parent.id,
-        "root",
-    )
-    assert fmt.signature_messages(immutable, parent=parent, prefix=(9,))[0].args == (1,)
-    group_sig = {
-        "task": "celery.group",
-        "subtask_type": "group",
-        "kwargs": {"tasks": [mutable, {**mutable, "options": {}}]},
-        "options": {"task_id": "g"},
-    }
-    members = fmt.signature_messages(group_sig, parent=parent, prefix=(9,))
-    assert [(m.group, m.group_index) for m in members] == [("g", 0), ("g", 1)]
-    with pytest.raises(ValueError, match="install celery"):
-        fmt.signature_messages({"task": "x", "subtask_type": "chord"}, parent=parent)
-
-
 def test_soft_limit_raises_inside_and_hard_limit_cannot_be_swallowed() -> None:
     with (
         time_limits(None, 0.05, soft_exc=SoftTimeLimitExceeded),

@@ -71,14 +71,16 @@ def interop_env(broker: str, queue: str, *, celery_app: bool = True) -> dict[str
 
 
 @contextmanager
-def _spawn(command: list[str], env: dict[str, str], ready: str) -> Iterator[RunningWorker]:
+def _spawn(
+    command: list[str], env: dict[str, str], ready: str, timeout: float = 20
+) -> Iterator[RunningWorker]:
     with tempfile.NamedTemporaryFile(prefix="cw-worker-", suffix=".log", delete=False) as fh:
         log = Path(fh.name)
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     worker = RunningWorker(process, log)
     try:
-        worker.wait_for(ready)
+        worker.wait_for(ready, timeout)
         yield worker
     finally:
         worker.stop()
@@ -86,10 +88,21 @@ def _spawn(command: list[str], env: dict[str, str], ready: str) -> Iterator[Runn
 
 
 @contextmanager
-def django_ray_worker(worker_id: str, queues: list[str], **env: str) -> Iterator[RunningWorker]:
-    """Run ``django_ray_worker --sync`` until the block ends (ready once it hears revokes)."""
-    args = ["--sync", "--worker-id", worker_id, *(f"--queue={q}" for q in queues)]
-    with _spawn(worker_command(*args), worker_env(**env), "Listening for Celery revoke") as w:
+def django_ray_worker(
+    worker_id: str,
+    queues: list[str],
+    *,
+    mode: tuple[str, ...] = ("--sync",),
+    ready_timeout: float = 20,
+    **env: str,
+) -> Iterator[RunningWorker]:
+    """Run ``django_ray_worker`` (``--sync`` unless told) until the block ends.
+
+    It is ready once it hears revokes.
+    """
+    args = [*mode, "--worker-id", worker_id, *(f"--queue={q}" for q in queues)]
+    command, full_env = worker_command(*args), worker_env(**env)
+    with _spawn(command, full_env, "Listening for Celery revoke", ready_timeout) as w:
         yield w
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
 from compat.celery import Celery, Task, shared_task
-from compat.celery.exceptions import Ignore
+from compat.celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 
 app = Celery("compat_tests", set_as_current=False)
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -120,3 +122,55 @@ def write(path: str, label: str) -> str:
     with Path(path).open("a") as fh:
         fh.write(label + "\n")
     return label
+
+
+@shared_task
+def collect(values: list[Any]) -> list[Any]:
+    """A chord body that returns the header results it got, in the order it got them."""
+    return values
+
+
+@shared_task
+def append_json(values: list[Any], path: str) -> list[Any]:
+    """A chord body that appends what it got to ``path`` (one line per run)."""
+    with Path(path).open("a") as fh:
+        fh.write(json.dumps(values) + "\n")
+    return values
+
+
+@shared_task
+def reject_always() -> None:
+    raise Reject("not now", requeue=True)
+
+
+@shared_task(bind=True)
+def reject_once(self: Task[Any, Any]) -> int:
+    """Reject the first delivery; return how many times the message was requeued."""
+    requeues = int((self.request.headers or {}).get("django_ray_requeues") or 0)
+    if requeues == 0:
+        raise Reject("first delivery", requeue=True)
+    return requeues
+
+
+@shared_task
+def sleeper(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+@shared_task(soft_time_limit=1)
+def soft_limited(seconds: float) -> str:
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "finished"
+
+
+@shared_task(time_limit=1)
+def hard_limited(seconds: float) -> str:
+    try:
+        time.sleep(seconds)
+    except Exception:  # the hard limit cannot be swallowed
+        return "swallowed"
+    return "finished"

@@ -135,20 +135,30 @@ def test_empty_chord_runs_the_body_with_an_empty_list(
     assert (message.task, message.args) == (TSUM, ([],))
 
 
-def test_chord_without_a_result_backend_is_refused(published: list[TaskMessage]) -> None:
-    # The worker joins a chord through the Celery result backend: without one it would hang.
-    with pytest.raises(NotSupported, match="CELERY_RESULT_BACKEND"):
-        chord([add.s(1, 1)], tsum.s()).apply_async()
-    assert published == []
+def test_chord_without_a_result_backend_is_sent(published: list[TaskMessage]) -> None:
+    # The worker joins the header through the records created with the messages.
+    result = chord([add.s(1, 1), add.s(2, 2)], tsum.s()).apply_async()
+    assert len(published) == 2 and published[0].chord["chord_size"] == 2  # type: ignore[index]
+    records = TaskRecord.objects.filter(group_id=published[0].group).order_by("group_index")
+    assert [r.id for r in records] == [m.id for m in published]
+    assert not TaskRecord.objects.filter(pk=result.id).exists()  # the body: when it is sent
 
 
-def test_chord_after_the_first_step_is_refused(
+def test_chord_after_the_first_step_is_sent_by_the_worker(
     published: list[TaskMessage], chord_store: ChordSizes
 ) -> None:
-    # The worker would have to apply it (and store its size): not supported yet.
-    with pytest.raises(NotSupported, match="first step"):
-        (add.s(1, 1) | group(add.s(1), add.s(2)) | tsum.s()).apply_async()
-    assert published == []
+    from django_ray.runtime import follow_ups
+
+    result = chain(add.s(1, 1), group(add.s(1), add.s(2)), tsum.s()).apply_async()
+    [first] = published
+    assert chord_store == {}  # nothing to join yet: the worker applies the chord
+    [step] = first.chain
+    assert step["subtask_type"] == "chord"
+    header = follow_ups.on_success(first, 2)
+    assert [(m.task, m.args, m.group_index) for m in header] == [(ADD, (2, 1), 0), (ADD, (2, 2), 1)]
+    assert header[0].chord is not None and header[0].chord["options"]["task_id"] == result.id
+    assert header[0].parent_id == first.id
+    assert chord_store == {header[0].group: 2}  # the sender of a header stores its size
 
 
 def test_nested_canvas_inside_a_group_is_refused(published: list[TaskMessage]) -> None:

@@ -133,3 +133,27 @@ def test_eager_inside_a_transaction(eager: None) -> None:
 
     assert connection.in_atomic_block
     assert compat_tasks.add.delay(20, 22).get() == 42
+
+
+def test_before_start_is_called_before_the_task_body(eager: None) -> None:
+    RecordingTask.calls.clear()
+    result = compat_tasks.hooked.delay(4)
+    assert RecordingTask.calls[:2] == [("before_start", result.id), ("on_success", 8)]
+
+
+@pytest.mark.timeout(30)
+def test_reject_with_requeue_is_bounded(eager: None) -> None:
+    from django_ray.exceptions import RequeueLimitExceeded
+    from django_ray.runtime.celery_exec import MAX_REJECT_REQUEUES
+
+    result = compat_tasks.reject_always.delay()
+    assert result.state == states.FAILURE
+    with pytest.raises(
+        RequeueLimitExceeded, match=r"requeue=True \d+ times.*Reject\(requeue=False\)"
+    ):
+        result.get()
+    assert len(TaskRecord.objects.get(pk=result.id).worker_ids) == MAX_REJECT_REQUEUES + 1
+
+
+def test_reject_with_requeue_runs_the_message_again(eager: None) -> None:
+    assert compat_tasks.reject_once.delay().get() == 1
