@@ -93,6 +93,14 @@ DJANGO_RAY = {
     # A real Celery app to take task names and the result backend from (Celery interop).
     "CELERY_APP": os.environ.get("DJANGO_RAY_CELERY_APP") or None,
 }
+if os.environ.get("DJANGO_RAY_VISIBILITY_TIMEOUT"):
+    # Seconds before an unacknowledged message is delivered again (django:// and Redis).
+    _visibility = float(os.environ["DJANGO_RAY_VISIBILITY_TIMEOUT"])
+    DJANGO_RAY["VISIBILITY_TIMEOUT"] = _visibility
+    DJANGO_RAY["BROKER_TRANSPORT_OPTIONS"] = {
+        "visibility_timeout": _visibility,
+        "unacked_restore_throttle": 1,
+    }
 # Where unchanged Celery clients read results (redis://...); unset means none.
 CELERY_RESULT_BACKEND = os.environ.get("DJANGO_RAY_CELERY_RESULT_BACKEND")
 

@@ -1,0 +1,151 @@
+"""Faults with a defined outcome: a killed worker, a restarted broker.
+
+* A worker killed with SIGKILL mid-task loses nothing: after the visibility timeout the
+  next worker runs the message; the record shows both attempts' worker ids.
+* A broker that goes away and comes back: the worker reconnects and keeps consuming.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.tasks import TaskResultStatus
+
+from django_ray.models import TaskRecord
+from tests import tasks
+from tests.conftest import run_worker, worker_command, worker_env
+from tests.services import require_redis
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("broker_url", ["django", "redis"], indirect=True)
+def test_a_killed_worker_loses_nothing(broker_url: str, tmp_path: Path) -> None:
+    queue = f"kill-{uuid.uuid4().hex[:8]}"
+    marker = tmp_path / "done"
+    result = tasks.sleep_then_touch.using(queue_name=queue).enqueue(3, str(marker))
+    env = {"DJANGO_RAY_VISIBILITY_TIMEOUT": "2"}
+    first = subprocess.Popen(
+        worker_command(f"--queue={queue}", "--sync", "--worker-id=doomed"),
+        env=worker_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: TaskRecord.objects.filter(pk=result.id, status="RUNNING").exists(),
+            30, "the first worker to start the task",
+        )  # fmt: skip
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait(timeout=10)
+    assert not marker.exists()
+
+    proc = run_worker(f"--queue={queue}", "--sync", "--max-tasks=1", "--worker-id=survivor",
+                      timeout=60, **env)  # fmt: skip
+
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.worker_ids == ["doomed", "survivor"]
+    assert marker.exists()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Any]:
+    """A redis-server of this test's own, which the test may stop and start again."""
+    require_redis()
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed; CI must provide it.")
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+
+    class Server:
+        url = f"redis://127.0.0.1:{port}/0"
+        process: subprocess.Popen[bytes] | None = None
+
+        def start(self) -> None:
+            self.process = subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(tmp_path)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            wait_for(lambda: _answers(port), 10, "redis-server to start")
+
+        def stop(self) -> None:
+            if self.process is not None:
+                self.process.terminate()
+                self.process.wait(timeout=10)
+                self.process = None
+
+    server = Server()
+    server.start()
+    yield server
+    server.stop()
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_survives_a_broker_restart(private_redis: Any, settings: Any) -> None:
+    settings.DJANGO_RAY = {**settings.DJANGO_RAY, "BROKER_URL": private_redis.url}
+    queue = f"restart-{uuid.uuid4().hex[:8]}"
+    env = worker_env()
+    env["DJANGO_RAY_BROKER"] = private_redis.url
+    worker = subprocess.Popen(
+        worker_command(f"--queue={queue}", "--sync", "--max-tasks=2"),
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        before = tasks.add.using(queue_name=queue).enqueue(1, 2)
+        wait_for(lambda: _finished(before.id), 30, "the task sent before the restart")
+
+        private_redis.stop()
+        time.sleep(2)  # the worker notices and retries with back-off
+        assert worker.poll() is None, "the worker died with the broker"
+        private_redis.start()
+
+        after = tasks.add.using(queue_name=queue).enqueue(3, 4)
+        wait_for(lambda: _finished(after.id), 60, "the task sent after the restart")
+        assert worker.wait(timeout=30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        stderr = worker.communicate()[1]
+    assert "reconnect" in stderr.lower()
+    after.refresh()
+    assert after.return_value == 7
+
+
+def _finished(task_id: str) -> bool:
+    return TaskRecord.objects.filter(pk=task_id, status="SUCCESSFUL").exists()
