@@ -99,10 +99,16 @@ def mirror(record: Any, message: TaskMessage) -> list[TaskMessage]:
     return []
 
 
-def is_revoked(task_id: str) -> bool:
-    """Return True if ``task_id`` was revoked before it started."""
+def is_revoked(task_id: str, *, check_database: bool = True) -> bool:
+    """Return True if ``task_id`` was revoked before it started.
+
+    ``check_database=False`` when the caller has just read the record and seen it is not
+    REVOKED: only a revoke heard by this process since then is left to check.
+    """
     if task_id in _revoked:
         return True
+    if not check_database:
+        return False
     from django_ray.models import TaskRecord, TaskStatus
 
     return TaskRecord.objects.filter(pk=task_id, status=TaskStatus.REVOKED).exists()

@@ -148,7 +148,7 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
         record.mark_revoked("expired")
         publish = tuple(results.mirror(record, message))
         return Outcome(task_id=message.id, status=record.status, publish=publish, error="expired")
-    if results.is_revoked(message.id):
+    if results.is_revoked(message.id, check_database=False):  # the record was just read
         record.mark_revoked("revoked")
         publish = tuple(results.mirror(record, message))
         return Outcome(task_id=message.id, status=record.status, publish=publish, error="revoked")
