@@ -1,0 +1,270 @@
+"""Operations on the system of record: prune finished tasks, report the queues' health.
+
+``prune()`` deletes finished ``TaskRecord`` rows ``BATCH_SIZE`` ids per ``DELETE``, so no
+single statement holds its locks on a large table for long. ``status()`` reads, per queue,
+the records by status, the django:// table (``QueueMessage``) and the ETA schedule
+(``ScheduledMessage``). The commands ``django_ray_prune`` and ``django_ray_status`` only
+parse arguments and print what these return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Count, F, Q, QuerySet
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from django_ray import conf
+from django_ray.models import FINISHED, QueueMessage, ScheduledMessage, TaskRecord, TaskStatus
+
+__all__ = [
+    "BATCH_SIZE",
+    "PruneResult",
+    "QueueStatus",
+    "RunningTask",
+    "StatusReport",
+    "age_warning",
+    "prune",
+    "status",
+]
+
+# Ids per DELETE: each statement holds its row (or SQLite database) lock only briefly.
+BATCH_SIZE = 1000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PruneResult:
+    """What ``prune()`` deleted, or with ``dry_run`` would delete."""
+
+    records: dict[str, int]  # by status: SUCCESSFUL, FAILED, REVOKED
+    scheduled: int  # parked messages of finished tasks
+    dry_run: bool
+
+
+def prune(
+    *,
+    min_age: timedelta,
+    failed_min_age: timedelta | None = None,
+    queues: Sequence[str] = (),
+    task_name: str | None = None,
+    dry_run: bool = False,
+) -> PruneResult:
+    """Delete finished records older than their age, and parked messages of finished tasks."""
+    for name, age in (("min_age", min_age), ("failed_min_age", failed_min_age)):
+        if age is not None and age < timedelta(0):
+            raise ValueError(f"{name} must not be negative, not {age!r}; pass zero or more.")
+    now = timezone.now()
+    selected = TaskRecord.objects.all()
+    if queues:
+        selected = selected.for_queues(list(queues))
+    if task_name is not None:
+        selected = selected.filter(task_name=task_name)
+    # Any age: a finished task never runs again, so its parked message is only dropped later.
+    parked = ScheduledMessage.objects.filter(task_id__in=selected.finished().values("pk"))
+    scheduled = parked.count() if dry_run else _delete_parked(parked)
+    ages = {status: min_age for status in FINISHED}
+    if failed_min_age is not None:
+        ages[TaskStatus.FAILED] = failed_min_age
+    records: dict[str, int] = {}
+    for status, age in ages.items():
+        rows = _outside_running_groups(selected.filter(status=status).older_than(now - age))
+        if dry_run:
+            records[status.value] = rows.count()
+        else:
+            records[status.value], more_parked = _delete_records(rows)
+            scheduled += more_parked
+    return PruneResult(records=records, scheduled=scheduled, dry_run=dry_run)
+
+
+def age_warning(*ages: timedelta | None) -> str | None:
+    """Return a warning if an age is shorter than the visibility timeout, else None."""
+    timeout = float(conf.get("VISIBILITY_TIMEOUT"))
+    if all(age is None or age.total_seconds() >= timeout for age in ages):
+        return None
+    return (
+        f"An age below VISIBILITY_TIMEOUT ({timeout:g} s) can delete a record whose message "
+        "is still to be redelivered; that task would then run again. Use at least 1 day."
+    )
+
+
+def _outside_running_groups(rows: QuerySet[TaskRecord]) -> QuerySet[TaskRecord]:
+    # A chord counts its finished parts through TaskRecord: keep them while a part still runs.
+    running_groups = TaskRecord.objects.unfinished().filter(group_id__isnull=False)
+    return rows.exclude(group_id__in=running_groups.values("group_id"))
+
+
+def _delete_records(rows: QuerySet[TaskRecord]) -> tuple[int, int]:
+    """Delete ``rows`` and their parked messages; return both counts."""
+    deleted = parked = 0
+    while ids := list(rows.order_by().values_list("pk", flat=True)[:BATCH_SIZE]):
+        # Parked messages first: published without their record, the task would run again.
+        parked += ScheduledMessage.objects.filter(task_id__in=ids).delete()[0]
+        # By id only: MySQL refuses a DELETE whose subquery reads the same table.
+        deleted += TaskRecord.objects.filter(pk__in=ids).finished().delete()[0]
+    return deleted, parked
+
+
+def _delete_parked(rows: QuerySet[ScheduledMessage]) -> int:
+    deleted = 0
+    while ids := list(rows.order_by().values_list("pk", flat=True)[:BATCH_SIZE]):
+        deleted += ScheduledMessage.objects.filter(pk__in=ids).delete()[0]
+    return deleted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunningTask:
+    """A RUNNING record; ``stale`` when its last attempt is older than the visibility timeout."""
+
+    id: str
+    task_name: str
+    worker_id: str | None
+    last_attempted_at: datetime | None
+    stale: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        attempted = self.last_attempted_at
+        return {
+            "id": self.id,
+            "task_name": self.task_name,
+            "worker_id": self.worker_id,
+            "last_attempted_at": attempted.isoformat() if attempted else None,
+            "stale": self.stale,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueStatus:
+    """One queue: its records by status and its messages waiting in the database."""
+
+    name: str
+    tasks: dict[str, int]
+    oldest_ready_id: str | None
+    oldest_ready_age: float | None  # seconds since it became due
+    running: tuple[RunningTask, ...]
+    messages_visible: int
+    messages_hidden: int
+    scheduled_due: int
+    scheduled_future: int
+
+    @property
+    def stale(self) -> int:
+        return sum(task.stale for task in self.running)
+
+    def as_dict(self) -> dict[str, Any]:
+        oldest = None
+        if self.oldest_ready_id is not None:
+            oldest = {"id": self.oldest_ready_id, "age_seconds": self.oldest_ready_age}
+        return {
+            "tasks": dict(self.tasks),
+            "oldest_ready": oldest,
+            "running": [task.as_dict() for task in self.running],
+            "stale": self.stale,
+            "messages": {"visible": self.messages_visible, "hidden": self.messages_hidden},
+            "scheduled": {"due": self.scheduled_due, "future": self.scheduled_future},
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusReport:
+    """The health of every queue (or of the queues asked for), at ``generated_at``."""
+
+    generated_at: datetime
+    visibility_timeout: float
+    queues: tuple[QueueStatus, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "generated_at": self.generated_at.isoformat(),
+            "visibility_timeout": self.visibility_timeout,
+            "queues": {queue.name: queue.as_dict() for queue in self.queues},
+        }
+
+
+def status(*, queues: Sequence[str] = ()) -> StatusReport:
+    """Return the health of ``queues`` (default: every queue that has records or messages)."""
+    now = timezone.now()
+    timeout = float(conf.get("VISIBILITY_TIMEOUT"))
+    only = Q(queue__in=list(queues)) if queues else Q()
+    records = TaskRecord.objects.filter(only).order_by().values_list("queue", "status")
+    counts: dict[str, dict[str, int]] = {}
+    for queue, state, count in records.annotate(Count("pk")):
+        counts.setdefault(queue, dict.fromkeys(TaskStatus.values, 0))[state] = count
+    visible = _split_counts(QueueMessage.objects.filter(only), Q(visible_at__lte=now))
+    due = _split_counts(ScheduledMessage.objects.filter(only), Q(eta__lte=now))
+    names = sorted(set(queues) | set(counts) | set(visible) | set(due))
+    stale_before = now - timedelta(seconds=timeout)
+    return StatusReport(
+        generated_at=now,
+        visibility_timeout=timeout,
+        queues=tuple(
+            _queue_status(
+                name,
+                counts.get(name) or dict.fromkeys(TaskStatus.values, 0),
+                visible.get(name, (0, 0)),
+                due.get(name, (0, 0)),
+                now=now,
+                stale_before=stale_before,
+            )
+            for name in names
+        ),
+    )
+
+
+def _split_counts(rows: QuerySet[Any], condition: Q) -> dict[str, tuple[int, int]]:
+    """Return, per queue, how many rows meet ``condition`` and how many do not."""
+    grouped = (
+        rows.order_by()
+        .values_list("queue")
+        .annotate(yes=Count("pk", filter=condition), no=Count("pk", filter=~condition))
+    )
+    return {queue: (yes, no) for queue, yes, no in grouped}
+
+
+def _queue_status(
+    name: str,
+    tasks: dict[str, int],
+    messages: tuple[int, int],
+    scheduled: tuple[int, int],
+    *,
+    now: datetime,
+    stale_before: datetime,
+) -> QueueStatus:
+    # Waiting since it became due; a READY task deferred to the future is not waiting yet.
+    oldest = (
+        TaskRecord.objects.filter(queue=name, status=TaskStatus.READY)
+        .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
+        .annotate(due_at=Coalesce("run_after", "enqueued_at"))
+        .order_by("due_at", "pk")
+        .values_list("pk", "due_at")
+        .first()
+    )
+    running = (
+        TaskRecord.objects.filter(queue=name, status=TaskStatus.RUNNING)
+        .order_by(F("last_attempted_at").asc(nulls_first=True), "pk")
+        .values_list("pk", "task_name", "worker_ids", "last_attempted_at")
+    )
+    return QueueStatus(
+        name=name,
+        tasks=tasks,
+        oldest_ready_id=oldest[0] if oldest else None,
+        oldest_ready_age=(now - oldest[1]).total_seconds() if oldest else None,
+        running=tuple(
+            RunningTask(
+                id=pk,
+                task_name=task,
+                worker_id=workers[-1] if workers else None,
+                last_attempted_at=attempted,
+                # No timestamp cannot be vouched for: report it with the stale ones.
+                stale=attempted is None or attempted < stale_before,
+            )
+            for pk, task, workers, attempted in running
+        ),
+        messages_visible=messages[0],
+        messages_hidden=messages[1],
+        scheduled_due=scheduled[0],
+        scheduled_future=scheduled[1],
+    )
