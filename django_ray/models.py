@@ -93,7 +93,11 @@ class TaskRecord(models.Model):
     class Meta:
         ordering = ["-enqueued_at"]
         verbose_name = "task"
-        indexes = [models.Index(fields=["status", "queue"], name="django_ray_status_queue")]
+        indexes = [
+            models.Index(fields=["status", "queue"], name="django_ray_status_queue"),
+            # Pruning selects finished records by age.
+            models.Index(fields=["status", "finished_at"], name="django_ray_status_finished"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.task_name} [{self.id}] {self.status}"
