@@ -65,7 +65,7 @@ def autodiscover() -> None:
         if _discovered:
             return
         for config in apps.get_app_configs():
-            _import_optional(f"{config.name}.tasks")
+            import_optional(f"{config.name}.tasks")
         for module in conf.get("TASK_MODULES"):
             importlib.import_module(module)
         app = celery_app()
@@ -134,7 +134,8 @@ def _allowed_module(module_name: str) -> bool:
     return any(module_name == a or module_name.startswith(a + ".") for a in allowed)
 
 
-def _import_optional(module_name: str) -> None:
+def import_optional(module_name: str) -> None:
+    """Import ``module_name`` if it exists; a missing import inside it still raises."""
     try:
         importlib.import_module(module_name)
     except ModuleNotFoundError as e:

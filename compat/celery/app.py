@@ -133,6 +133,8 @@ class Celery:
         """Import the ``include`` modules and the packages waiting for ``autodiscover_tasks``."""
         from django.apps import apps
 
+        from django_ray.registry import import_optional
+
         for module in self._include:
             importlib.import_module(module)
         pending, self._pending = self._pending, []
@@ -142,7 +144,7 @@ class Celery:
             elif callable(packages):
                 packages = packages()
             for package in packages:
-                _import_optional(f"{package}.{related_name}")
+                import_optional(f"{package}.{related_name}")
 
     @property
     def tasks(self) -> dict[str, BaseTask[Any, Any]]:
@@ -195,11 +197,3 @@ class Celery:
 
     def __repr__(self) -> str:
         return f"<Celery {self.main or '__main__'}>"
-
-
-def _import_optional(module_name: str) -> None:
-    try:
-        importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name != module_name:  # the module exists but one of its imports is missing
-            raise
