@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 MODE_VAR = "RAY_AUTH_MODE"
 TOKEN_VAR = "RAY_AUTH_TOKEN"
 TOKEN_PATH_VAR = "RAY_AUTH_TOKEN_PATH"
+DEFAULT_TOKEN_PATH = Path("~/.ray/auth_token")
 DASHBOARD_HOST = "127.0.0.1"
 DASHBOARD_PORT = 8265
 PROBE_TIMEOUT_S = 10.0
@@ -47,7 +48,7 @@ def auth_env(token: str | None = None) -> dict[str, str]:
     path = os.environ.get(TOKEN_PATH_VAR, "")
     if path and Path(path).expanduser().is_file():
         return {MODE_VAR: "token", TOKEN_PATH_VAR: path}
-    if _default_token_path().is_file():
+    if DEFAULT_TOKEN_PATH.expanduser().is_file():
         return {MODE_VAR: "token"}
     return {}
 
@@ -80,9 +81,7 @@ def init_cluster(
     import ray
 
     if ray.is_initialized():
-        logger.warning(
-            "Ray is already initialised; reusing it instead of connecting to %s.", address
-        )
+        logger.warning("Ray is already initialised; not connecting again to %s.", address)
         return _current_info()
     env = auth_env(token)
     with _exported(env, keep=True):
@@ -130,19 +129,13 @@ def shutdown() -> None:
         ray.shutdown()
 
 
-def _default_token_path() -> Path:
-    return Path.home() / ".ray" / "auth_token"
-
-
 def _read_token(env: dict[str, str]) -> str | None:
     """Return the token that ``env`` (from :func:`auth_env`) points at, if any."""
-    if TOKEN_VAR in env:
-        return env[TOKEN_VAR]
-    if MODE_VAR not in env:
-        return None
-    path = Path(env[TOKEN_PATH_VAR]).expanduser() if TOKEN_PATH_VAR in env else None
+    if TOKEN_VAR in env or MODE_VAR not in env:
+        return env.get(TOKEN_VAR)
+    path = Path(env.get(TOKEN_PATH_VAR, DEFAULT_TOKEN_PATH)).expanduser()
     try:
-        return (path or _default_token_path()).read_text().strip() or None
+        return path.read_text().strip() or None
     except OSError:
         return None
 

@@ -11,12 +11,14 @@ Use it from a test module or a conftest::
 
 The head gets free ports instead of Ray's defaults (so it never meets Redis on 6379 or another
 Ray), its own short ``--temp-dir`` and a fresh token. :meth:`RayHead.stop` ends only the
-processes of the session it started.
+processes of the session it started; if the test process dies first, ``ray start --block``
+gets SIGTERM from Linux and takes the head down itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import secrets
 import shutil
@@ -26,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,6 +67,11 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this (child) process when its parent, the test process, dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def has_env(pid: int, marker: str) -> bool:
     """Return True if process ``pid`` was started with ``marker`` (NAME=value) in its env."""
     try:
@@ -82,6 +88,8 @@ class RayHead:
         self.token = secrets.token_hex(32)
         self.port = self.dashboard_port = self.client_port = 0
         self.temp_dir = ""
+        self.log = Path(os.devnull)
+        self.proc: subprocess.Popen[bytes] | None = None
         self.sid: int | None = None
         # Every process of the head inherits this; stop() kills nothing without it.
         self.marker = f"DJANGO_RAY_TEST_HEAD={secrets.token_hex(8)}"
@@ -131,37 +139,34 @@ class RayHead:
         env.update(self.env(), RAY_USAGE_STATS_ENABLED="0")
         marker_name, marker_value = self.marker.split("=", 1)
         env[marker_name] = marker_value
-        log = Path(self.temp_dir) / "ray-start.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                self.command(), env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
+        self.log = Path(self.temp_dir) / "ray-start.log"
+        with self.log.open("wb") as out:
+            # --block keeps `ray start` as the head's guardian: when it gets SIGTERM (also
+            # when this test process dies, see _die_with_parent) it stops what it started.
+            self.proc = subprocess.Popen(
+                [*self.command(), "--block"], env=env, cwd=ROOT, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
             )  # fmt: skip
-            self.sid = proc.pid
-            try:
-                code = proc.wait(timeout=START_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                code = None
-        if code != 0:
-            tail = log.read_text(errors="replace")[-2000:]
-            self.stop()
-            raise RayHeadError(f"`ray start --head` failed (exit {code}):\n{tail}")
-        self._wait_for_dashboard()
+        self.sid = self.proc.pid
+        self._wait_until_serving()
         return self
 
-    def _wait_for_dashboard(self) -> None:
+    def _wait_until_serving(self) -> None:
+        """Wait for the Jobs API (with the token) and the Ray Client server to answer."""
         request = urllib.request.Request(
             f"{self.dashboard_url}/api/version", headers={"Authorization": f"Bearer {self.token}"}
         )
         deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.proc is not None and self.proc.poll() is None:
             try:
                 with urllib.request.urlopen(request, timeout=2):
+                    socket.create_connection(("127.0.0.1", self.client_port), timeout=2).close()
                     return
-            except (urllib.error.URLError, OSError):
+            except OSError:  # urllib.error.URLError is an OSError too
                 time.sleep(0.3)
+        tail = self.log.read_text(errors="replace")[-2000:]
         self.stop()
-        raise RayHeadError(f"The Ray dashboard at {self.dashboard_url} never answered.")
+        raise RayHeadError(f"The Ray head at {self.gcs_address} did not come up:\n{tail}")
 
     def pids(self) -> list[int]:
         """Return the live processes of the head's session, or [] if it is not ours any more."""
@@ -181,6 +186,11 @@ class RayHead:
                 deadline = time.monotonic() + grace
                 while session_pids(self.sid) and time.monotonic() < deadline:
                     time.sleep(0.1)
+        if self.proc is not None:  # our child: its pid cannot be reused before we reap it
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
         self.sid = None
         if self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -4,7 +4,10 @@ Under Ray (the worker's local and cluster modes, Ray workers, and Ray job entryp
 connect lazily through ``RAY_ADDRESS``) each call becomes a Ray task. Functions travel with
 cloudpickle, so closures and lambdas work. Results keep input order, at most
 ``max_in_flight`` tasks run at once, and the first failure cancels the remaining work and
-re-raises the original exception. Without Ray the same calls run in this process, in order.
+re-raises the original exception: calls not sent yet are dropped, calls not started skip their
+work, and running calls get ``KeyboardInterrupt`` (at their next Python bytecode: a call blocked
+in C, e.g. in ``time.sleep``, stops when that returns). Without Ray the same calls run in this
+process, in order.
 """
 
 from __future__ import annotations
@@ -210,11 +213,19 @@ def _remote_invoke() -> RemoteFunction:
     import ray
 
     def invoke(flag: str, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        import signal
+        import threading
+
         from ray.exceptions import TaskCancelledError
         from ray.experimental import internal_kv
 
         if internal_kv._internal_kv_exists(flag, namespace=FLAG_NAMESPACE):
             raise TaskCancelledError()  # the batch already failed: do not start this call
+        # ray.cancel() interrupts a running call through Python's SIGINT handler, which a
+        # worker lacks when Ray was started with SIGINT ignored (nohup, `cmd &` in a script).
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        if on_main_thread and signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         return func(*args, **kwargs)
 
     invoke.__qualname__ = invoke.__name__ = "django_ray_call"  # how it shows in the dashboard
