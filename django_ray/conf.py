@@ -43,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
     # PYTHONPATH and every DJANGO_RAY_* variable.
     "RAY_ENV_VARS": [],
     # Seconds between two status polls of a running Ray job.
-    "JOB_POLL_INTERVAL": 0.25,
+    "JOB_POLL_INTERVAL": 0.1,
 }
 
 
