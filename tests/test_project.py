@@ -79,7 +79,9 @@ def test_ci_runs_lint_checks_migrations_and_the_test_command() -> None:
 def test_migrations_are_checked_in_and_complete() -> None:
     call_command("makemigrations", "django_ray", "--check", "--dry-run", verbosity=0)
     migrations = sorted(p.name for p in (ROOT / "django_ray" / "migrations").glob("0*.py"))
-    assert migrations == ["0001_initial.py"]
+    assert migrations[0] == "0001_initial.py"
+    # One linear history: 0001, 0002, ... with no gaps or two leaves.
+    assert [int(name[:4]) for name in migrations] == list(range(1, len(migrations) + 1))
 
 
 @pytest.mark.slow

@@ -141,7 +141,7 @@ def test_autodiscover_with_force_imports_the_tasks_modules() -> None:
 
 def test_autodiscover_waits_until_tasks_are_needed(monkeypatch: pytest.MonkeyPatch) -> None:
     imported: list[str] = []
-    monkeypatch.setattr("compat.celery.app._import_optional", imported.append)
+    monkeypatch.setattr("django_ray.registry.import_optional", imported.append)
     monkeypatch.setattr("django.apps.apps.ready", False)
     app = Celery("proj", set_as_current=False)
     app.autodiscover_tasks(lambda: ["pkg_a"])
