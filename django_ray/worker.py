@@ -181,7 +181,7 @@ class Worker:
             self.max_tasks is not None
             and self.processed + self.runner.in_flight() >= self.max_tasks
         ):
-            raw.requeue() if hasattr(raw, "requeue") else raw.reject(requeue=True)
+            raw.requeue()
             return
         close_stale_connections()
         try:
@@ -210,7 +210,8 @@ class Worker:
                 record.mark_failed(error_info(error) | {"traceback": ""})
                 from django_ray import results
 
-                results.mirror(record, stub)
+                for follow_up in results.mirror(record, stub):  # e.g. a chord it completes
+                    self.dispatch(follow_up)
         raw.reject(requeue=False)
         self.processed += 1
 
