@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -23,7 +24,7 @@ from django_ray.exceptions import ModeNotAvailable
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
 
-__all__ = ["auth_env", "init_cluster", "init_local", "job_client", "shutdown"]
+__all__ = ["auth_env", "init_cluster", "init_local", "job_client", "ping", "shutdown"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ DEFAULT_TOKEN_PATH = Path("~/.ray/auth_token")
 DASHBOARD_HOST = "127.0.0.1"
 DASHBOARD_PORT = 8265
 PROBE_TIMEOUT_S = 10.0
+PING_TIMEOUT_S = 5.0  # long enough for a busy GCS: a false alarm reruns in-flight tasks
 TOKEN_HELP = "pass the cluster's token (or set RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH)"
 
 
@@ -70,7 +72,8 @@ def init_local(
     if include_dashboard:
         kwargs.update(dashboard_host=DASHBOARD_HOST, dashboard_port=_dashboard_port())
     # address="local" starts a new instance even if RAY_ADDRESS or a `ray start` is around.
-    context = ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env, **kwargs)
+    with _keep_sigterm_handler():
+        context = ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env, **kwargs)
     return _info(getattr(context, "address_info", {}).get("gcs_address"), context.dashboard_url)
 
 
@@ -87,8 +90,8 @@ def init_cluster(
     with _exported(env, keep=True):
         _probe(address, bool(env))  # fails in seconds where ray.init would retry for 20-40 s
         try:
-            with _exported({"RAY_ADDRESS": None}, keep=False):  # else it beats ``address``
-                context = ray.init(address=address, runtime_env=runtime_env)
+            with _exported({"RAY_ADDRESS": None}, keep=False), _keep_sigterm_handler():
+                context = ray.init(address=address, runtime_env=runtime_env)  # RAY_ADDRESS unset
         except Exception as exc:
             raise ModeNotAvailable(
                 f"Could not connect to the Ray cluster at {address} ({type(exc).__name__}); "
@@ -122,11 +125,41 @@ def job_client(address: str, *, token: str | None = None) -> JobSubmissionClient
 
 
 def shutdown() -> None:
-    """Disconnect from Ray (stopping the local instance if this process started it)."""
+    """Disconnect from Ray (stopping the local instance if this process started it).
+
+    Safe when Ray is half-connected or already gone. The process's SIGTERM handler is armed
+    again afterwards: Ray's shutdown leaves the signal at its default action, which would
+    kill a worker instead of letting it drain.
+    """
     import ray
 
-    if ray.is_initialized():
+    with _keep_sigterm_handler():
         ray.shutdown()
+
+
+def ping(timeout: float = PING_TIMEOUT_S) -> None:
+    """Raise ``ConnectionError`` unless this process's Ray answers within ``timeout`` seconds.
+
+    A driver asks its GCS for one key (Ray's own calls may hang or fail only much later
+    when the head is gone); a Ray Client only checks that it is still connected, as its
+    calls raise ``ConnectionError`` once the server is gone.
+    """
+    import ray
+    from ray.util.client import ray as client
+
+    if client.is_connected():
+        return
+    if not ray.is_initialized():
+        raise ConnectionError("Ray is not initialised in this process.")
+    from ray._private.worker import global_worker
+
+    try:
+        gcs = global_worker.gcs_client  # type: ignore[attr-defined]
+        gcs.internal_kv_get(b"ping", b"django_ray", timeout=timeout)
+    except Exception as exc:
+        raise ConnectionError(
+            f"the Ray GCS did not answer within {timeout:.0f} s ({type(exc).__name__})"
+        ) from exc
 
 
 def _read_token(env: dict[str, str]) -> str | None:
@@ -138,6 +171,25 @@ def _read_token(env: dict[str, str]) -> str | None:
         return path.read_text().strip() or None
     except OSError:
         return None
+
+
+@contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """Keep this process's SIGTERM handler across ``ray.init()`` and ``ray.shutdown()``.
+
+    ``ray.init()`` replaces it with ``sys.exit``; ``ray.shutdown()`` resets the signal to
+    its default action behind Python's back. The worker's handler (drain: finish running
+    tasks, then exit) must survive the first connection and every reconnection.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
 
 
 @contextmanager

@@ -83,10 +83,20 @@ def has_env(pid: int, marker: str) -> bool:
 class RayHead:
     """A single-node Ray cluster on 127.0.0.1 with 2 CPUs and token authentication."""
 
-    def __init__(self, num_cpus: int = 2) -> None:
+    def __init__(
+        self,
+        num_cpus: int = 2,
+        *,
+        token: str | None = None,
+        port: int = 0,
+        dashboard_port: int = 0,
+        client_port: int = 0,
+    ) -> None:
+        """Ports left at 0 are picked free at each start; given ones (and ``token``) are kept."""
         self.num_cpus = num_cpus
-        self.token = secrets.token_hex(32)
-        self.port = self.dashboard_port = self.client_port = 0
+        self.token = token or secrets.token_hex(32)
+        self.port, self.dashboard_port, self.client_port = port, dashboard_port, client_port
+        self._pinned_ports = (port, dashboard_port, client_port)
         self.temp_dir = ""
         self.log = Path(os.devnull)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -131,8 +141,20 @@ class RayHead:
                     raise
         raise RayHeadError("attempts must be at least 1")
 
+    def restart(self) -> RayHead:
+        """Stop the head, then start a new one on the same ports with the same token.
+
+        Clients see the same addresses again, as after a crash of the head node; the new
+        head is a new cluster (no state survives).
+        """
+        self.stop()
+        self._pinned_ports = (self.port, self.dashboard_port, self.client_port)
+        return self.start()
+
     def _start(self) -> RayHead:
-        self.port, self.dashboard_port, self.client_port = free_port(), free_port(), free_port()
+        self.port, self.dashboard_port, self.client_port = (
+            pinned or free_port() for pinned in self._pinned_ports
+        )
         # A short path: Ray's Unix sockets live below it and must stay under 107 bytes.
         self.temp_dir = tempfile.mkdtemp(prefix="drh", dir="/tmp")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDR"))}

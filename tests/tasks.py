@@ -127,3 +127,35 @@ def slow_first_attempt(context: TaskContext, seconds: float, path: str) -> int:
         time.sleep(seconds)
     Path(path).write_text(str(context.attempt))
     return context.attempt
+
+
+def _assigned_resources() -> dict[str, float]:
+    """Return the Ray resources assigned to the running Ray task ({} outside Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        return {}
+    return dict(ray.get_runtime_context().get_assigned_resources())
+
+
+@task(ray_options={"num_cpus": 2})
+def resources_declared() -> dict[str, float]:
+    """Declares its Ray resources with ``@task(ray_options=...)``."""
+    return _assigned_resources()
+
+
+@task
+def resources_configured() -> dict[str, float]:
+    """Gets its Ray resources from ``TASKS[...]["OPTIONS"]["TASK_OPTIONS"]`` only."""
+    return _assigned_resources()
+
+
+@task
+def resources_default() -> dict[str, float]:
+    return _assigned_resources()
+
+
+@task(ray_options={"entrypoint_num_cpus": 1})
+def job_entrypoint_cpu() -> str:
+    """In Ray Job mode, its job reserves one CPU for the entrypoint."""
+    return "reserved"

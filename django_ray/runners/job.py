@@ -99,9 +99,15 @@ class JobRunner(BaseRunner):
                 entrypoint_memory=options.get("entrypoint_memory"),
                 entrypoint_resources=options.get("entrypoint_resources"),
             )
-        except RuntimeError as e:
+        except Exception as e:
             if "already exists" not in str(e):
-                raise
+                # The Jobs API is unreachable or refused it: give the message back (the
+                # worker pauses with back-off) rather than let the error stop the worker.
+                # Its text may quote the entrypoint, whose argument is the task's data.
+                reason = ENCODED_ARGUMENT.sub("<message>", " ".join(str(e).split()))[:300]
+                failure = RuntimeError(f"could not submit job {job_id}: {reason}")
+                self._done.append(Completion(message, delivery, error=failure))
+                return
             logger.info("Job %s already submitted; attaching to it.", job_id)
         self._jobs[job_id] = _Job(message, delivery)
 

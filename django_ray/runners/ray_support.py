@@ -17,7 +17,13 @@ from django_ray.runtime.execute import Outcome
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["lost_attempt", "ray_options_for", "runtime_env", "terminated_attempt"]
+__all__ = [
+    "lost_attempt",
+    "ray_options_for",
+    "ray_task_options",
+    "runtime_env",
+    "terminated_attempt",
+]
 
 
 def task_env() -> dict[str, str]:
@@ -42,6 +48,10 @@ def runtime_env(extra: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 RAY_TASK_KEYS = ("num_cpus", "num_gpus", "memory", "resources", "runtime_env")
+JOB_ONLY_KEYS = (
+    "entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory", "entrypoint_resources",
+)  # fmt: skip
+_warned: set[str] = set()  # tasks whose ignored Ray options were logged once
 
 
 def ray_options_for(message: TaskMessage) -> dict[str, Any]:
@@ -59,6 +69,20 @@ def ray_options_for(message: TaskMessage) -> dict[str, Any]:
         if hasattr(backend, "ray_options_for"):
             options = backend.ray_options_for(entry.obj)
     return options
+
+
+def ray_task_options(message: TaskMessage) -> dict[str, Any]:
+    """Return the options of ``message``'s task that apply to a Ray task (``RAY_TASK_KEYS``).
+
+    Anything else (``entrypoint_*``, or ``max_retries`` slipped into ``TASK_OPTIONS``) is
+    left out: Ray's own retries stay off, retrying is ours.
+    """
+    options = ray_options_for(message)
+    ignored = sorted(set(options) - set(RAY_TASK_KEYS) - set(JOB_ONLY_KEYS))
+    if ignored and message.task not in _warned:
+        _warned.add(message.task)
+        logger.warning("Ignoring Ray option(s) %s of task %s.", ", ".join(ignored), message.task)
+    return {key: value for key, value in options.items() if key in RAY_TASK_KEYS}
 
 
 def lost_attempt(message: TaskMessage, worker_id: str, reason: str) -> Outcome:

@@ -8,8 +8,10 @@ variables switch parts to real services:
 * ``DJANGO_RAY_BROKER`` - broker URL, e.g. ``redis://127.0.0.1:6379/5``.
 * ``DJANGO_RAY_CELERY_APP`` - dotted path of a real Celery app (Celery interop tests).
 * ``DJANGO_RAY_CELERY_RESULT_BACKEND`` - ``CELERY_RESULT_BACKEND`` for Celery clients.
+* ``DJANGO_RAY_TASK_OPTIONS`` - JSON for ``TASKS["default"]["OPTIONS"]["TASK_OPTIONS"]``.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -85,6 +87,10 @@ TASKS = {
         "QUEUES": [],
     }
 }
+if os.environ.get("DJANGO_RAY_TASK_OPTIONS"):
+    # Per-task Ray options, e.g. {"myapp.tasks.render": {"num_cpus": 2}}.
+    _task_options = json.loads(os.environ["DJANGO_RAY_TASK_OPTIONS"])
+    TASKS["default"]["OPTIONS"] = {"TASK_OPTIONS": _task_options}
 
 DJANGO_RAY = {
     "BROKER_URL": os.environ.get("DJANGO_RAY_BROKER", "django://"),
