@@ -18,6 +18,8 @@ KNOWN_BROKERS = {"django", "redis", "amqp", "memory", "sqs", "mongodb", "filesys
 
 def check_backend(backend: Any) -> list[checks.CheckMessage]:
     """Check one ``RayTaskBackend`` (called from ``backend.check()``)."""
+    from django_ray.backend import RAY_OPTION_KEYS
+
     errors: list[checks.CheckMessage] = []
     if not apps.is_installed("django_ray"):
         errors.append(
@@ -35,6 +37,18 @@ def check_backend(backend: Any) -> list[checks.CheckMessage]:
                 "to dicts.",
                 hint="Use {'myapp.tasks.func': {'num_cpus': 2}}.",
                 id="django_ray.E002",
+            )
+        )
+    elif unknown := sorted(
+        {key for values in options.values() for key in values} - RAY_OPTION_KEYS
+    ):
+        errors.append(
+            checks.Error(
+                f"TASKS[{backend.alias!r}]['OPTIONS']['TASK_OPTIONS'] has unknown Ray "
+                f"option(s) {unknown!r}.",
+                hint=f"Use only {', '.join(sorted(RAY_OPTION_KEYS))}; retries are django-ray's "
+                "(max_attempts), not Ray's.",
+                id="django_ray.E004",
             )
         )
     for queue in backend.queues:

@@ -53,6 +53,7 @@ def test_backend_check_runs_through_djangos_checks() -> None:
     [
         ({"OPTIONS": {"TASK_OPTIONS": {"a.b": 2}}}, ["django_ray.E002"]),
         ({"OPTIONS": {"TASK_OPTIONS": ["a.b"]}}, ["django_ray.E002"]),
+        ({"OPTIONS": {"TASK_OPTIONS": {"a.b": {"max_retries": 3}}}}, ["django_ray.E004"]),
         ({"QUEUES": ["default", ""]}, ["django_ray.E003"]),
         ({"QUEUES": [3]}, ["django_ray.E003"]),
         ({"QUEUES": ["default", "high"], "OPTIONS": {"TASK_OPTIONS": {"a.b": {}}}}, []),
