@@ -43,12 +43,12 @@ def check_backend(backend: Any) -> list[checks.CheckMessage]:
         {key for values in options.values() for key in values} - RAY_OPTION_KEYS
     ):
         errors.append(
-            checks.Error(
+            checks.Warning(
                 f"TASKS[{backend.alias!r}]['OPTIONS']['TASK_OPTIONS'] has unknown Ray "
-                f"option(s) {unknown!r}.",
+                f"option(s) {unknown!r}; they are ignored.",
                 hint=f"Use only {', '.join(sorted(RAY_OPTION_KEYS))}; retries are django-ray's "
                 "(max_attempts), not Ray's.",
-                id="django_ray.E004",
+                id="django_ray.W004",
             )
         )
     for queue in backend.queues:

@@ -2,19 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from tests.raycluster import ray_head_fixture
 
-import pytest
-
-
-@pytest.fixture(scope="session")
-def ray_head() -> Iterator[object]:
-    from tests.raycluster import RayHead, require_ray
-
-    require_ray()
-    head = RayHead()
-    head.start()
-    try:
-        yield head
-    finally:
-        head.stop()
+ray_head = ray_head_fixture(scope="session")

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,23 +21,12 @@ from django.tasks import TaskResult, TaskResultStatus
 from tests import tasks
 from tests.conftest import worker_command, worker_env
 from tests.inprocess import queue_size
-from tests.raycluster import RayHead, RayHeadError, ray_unavailable, require_ray
+from tests.raycluster import RayHead, ray_head_fixture
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-@pytest.fixture
-def own_head() -> Iterator[RayHead]:
-    require_ray()
-    head = RayHead()
-    try:
-        head.start()
-    except RayHeadError as exc:
-        ray_unavailable(f"Ray cannot start a head node here: {exc}")
-    try:
-        yield head
-    finally:
-        head.stop()
+own_head = ray_head_fixture(scope="function", name="own_head")
 
 
 def finished(result: TaskResult) -> bool:
