@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 from django.tasks import task
+
+from benchmarks.workloads import burn_cpu
 
 
 @task
@@ -15,8 +15,4 @@ def noop() -> None:
 @task
 def cpu_20ms() -> int:
     """Burn ~20 ms of CPU."""
-    deadline = time.perf_counter() + 0.020
-    n = 0
-    while time.perf_counter() < deadline:
-        n += 1
-    return n
+    return burn_cpu(0.020)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import time
 
 from celery import Celery
+
+from benchmarks.workloads import burn_cpu
 
 app = Celery(
     "celery_bench",
@@ -22,8 +23,4 @@ def noop() -> None:
 
 @app.task(name="bench.cpu_20ms")
 def cpu_20ms() -> int:
-    deadline = time.perf_counter() + 0.020
-    n = 0
-    while time.perf_counter() < deadline:
-        n += 1
-    return n
+    return burn_cpu(0.020)

@@ -45,3 +45,15 @@ def require_rabbitmq() -> str:
 
 def require_postgres() -> None:
     require("PostgreSQL", *POSTGRES_HOST)
+
+
+# Parametrise a test over every broker the project supports (use with the broker_url fixture).
+ALL_BROKERS = pytest.mark.parametrize(
+    "broker_url",
+    [
+        "django",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("amqp", marks=pytest.mark.rabbitmq),
+    ],
+    indirect=True,
+)

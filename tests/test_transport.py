@@ -25,18 +25,10 @@ from django_ray.transport import (
 )
 from tests import tasks
 from tests.inprocess import queue_size
+from tests.services import ALL_BROKERS
 
 pytestmark = pytest.mark.timeout(60)
 
-ALL_BROKERS = pytest.mark.parametrize(
-    "broker_url",
-    [
-        "django",
-        pytest.param("redis", marks=pytest.mark.redis),
-        pytest.param("amqp", marks=pytest.mark.rabbitmq),
-    ],
-    indirect=True,
-)
 EXTERNAL_BROKERS = pytest.mark.parametrize(
     "broker_url",
     [

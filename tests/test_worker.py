@@ -23,18 +23,9 @@ from django_ray.runners.sync import SyncRunner
 from django_ray.transport import Broker
 from tests import tasks
 from tests.inprocess import WORKER_ID, publish_raw, queue_size, run_worker_inprocess
+from tests.services import ALL_BROKERS
 
 pytestmark = pytest.mark.timeout(60)
-
-ALL_BROKERS = pytest.mark.parametrize(
-    "broker_url",
-    [
-        "django",
-        pytest.param("redis", marks=pytest.mark.redis),
-        pytest.param("amqp", marks=pytest.mark.rabbitmq),
-    ],
-    indirect=True,
-)
 
 
 def worker(*args: str) -> None:
