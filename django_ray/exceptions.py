@@ -10,6 +10,7 @@ __all__ = [
     "MalformedMessage",
     "ModeNotAvailable",
     "NotRegistered",
+    "ProcessSetupFailed",
     "RequeueLimitExceeded",
     "TaskTimeLimitExceeded",
     "WorkerLost",
@@ -39,6 +40,10 @@ class NotRegistered(DjangoRayError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class ProcessSetupFailed(DjangoRayError):
+    """A process could not be set up to run tasks (settings, installed apps, task modules)."""
 
 
 class ModeNotAvailable(DjangoRayError):

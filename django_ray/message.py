@@ -173,6 +173,8 @@ def decode(
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise bad(f"Body is not valid JSON: {e}.") from e
+    except RecursionError:
+        raise bad("Body is nested too deeply to decode.") from None
     if isinstance(payload, dict):
         raise bad(
             "Body is a dict (protocol v1); only protocol v2 [args, kwargs, embed] is accepted."
@@ -205,6 +207,8 @@ def decode(
     delivery = dict(delivery_info or properties.get("delivery_info") or {})
     extra = {k: v for k, v in headers.items() if k not in KNOWN_HEADERS}
     chord = embed.get("chord")
+    if chord is not None:
+        _check_signature(chord, "chord", bad)
     return TaskMessage(
         id=task_id,
         task=name,
@@ -224,7 +228,7 @@ def decode(
         callbacks=_signatures(embed.get("callbacks"), "callbacks", bad),
         errbacks=_signatures(embed.get("errbacks"), "errbacks", bad),
         chain=_signatures(embed.get("chain"), "chain", bad),
-        chord=chord if isinstance(chord, dict) else None,
+        chord=chord,
         ignore_result=_typed(headers.get("ignore_result"), bool),
         backend=_str_or_none(headers.get("django_ray_backend")),
         shadow=_str_or_none(headers.get("shadow")),
@@ -250,9 +254,45 @@ def normalize_arguments(args: Any, kwargs: Any) -> tuple[tuple[Any, ...], dict[s
 def _signatures(value: Any, key: str, bad: Any) -> tuple[dict[str, Any], ...]:
     if value is None:
         return ()
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+    if not isinstance(value, list):
         raise bad(f"Embed {key!r} must be a list of signature objects.")
+    for sig in value:
+        _check_signature(sig, key, bad)
     return tuple(value)
+
+
+# Canvas nesting deeper than this is refused (Celery's own canvases are a few levels deep).
+MAX_SIGNATURE_DEPTH = 32
+
+
+def _check_signature(sig: Any, key: str, bad: Any, depth: int = 0) -> None:
+    """Refuse a signature the worker could not apply after the task ran (Celery's shape:
+    ``task`` named, ``args`` a list, ``kwargs`` and ``options`` objects; a group's or
+    chain's ``kwargs.tasks`` and a chord's ``kwargs.header``/``body`` signatures too)."""
+    if depth > MAX_SIGNATURE_DEPTH:
+        raise bad(f"Embed {key!r} nests signatures more than {MAX_SIGNATURE_DEPTH} deep.")
+    if not isinstance(sig, dict):
+        raise bad(f"Embed {key!r} must hold signature objects, not {type(sig).__name__}.")
+    if not isinstance(sig.get("task"), str) or not sig["task"]:
+        raise bad(f"Embed {key!r} holds a signature without a task name.")
+    for name, kind in (("args", list), ("kwargs", dict), ("options", dict)):
+        if sig.get(name) is not None and not isinstance(sig[name], kind):
+            raise bad(f"Embed {key!r}: signature {name!r} must be a {kind.__name__}.")
+    kwargs = sig.get("kwargs") or {}
+    subtask_type = sig.get("subtask_type")
+    if subtask_type in ("group", "chain"):
+        parts = kwargs.get("tasks")
+        if not isinstance(parts, list):
+            raise bad(f"Embed {key!r}: a {subtask_type} signature needs a list of tasks.")
+        for part in parts:
+            _check_signature(part, key, bad, depth + 1)
+    elif subtask_type == "chord":
+        header, body = kwargs.get("header"), kwargs.get("body")
+        if body is None:
+            raise bad(f"Embed {key!r}: a chord signature needs a body.")
+        _check_signature(body, key, bad, depth + 1)
+        for part in header if isinstance(header, list) else [header]:
+            _check_signature(part, key, bad, depth + 1)
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -19,12 +19,13 @@ from typing import Any
 
 from django.utils import timezone
 
-from django_ray import control, registry, schedule
+from django_ray import control, schedule
 from django_ray.exceptions import MalformedMessage
 from django_ray.message import TaskMessage
 from django_ray.records import record_for
 from django_ray.runners import BaseRunner, Completion
-from django_ray.runtime.execute import close_stale_connections, error_info
+from django_ray.runtime import bootstrap, settle
+from django_ray.runtime.execute import close_stale_connections
 from django_ray.transport import Broker, decode_kombu, publish_now
 
 logger = logging.getLogger("django_ray.worker")
@@ -86,7 +87,7 @@ class Worker:
                 signal.signal(signum, handler)
 
     def _run(self) -> int:
-        registry.autodiscover()
+        bootstrap.ensure_ready()
         self.runner.start()
         self.broker.consume(self.queues, self._on_message, prefetch=self.runner.concurrency)
         # Celery clients' AsyncResult.revoke(), heard on a thread of its own.
@@ -205,13 +206,9 @@ class Worker:
         if error.task_id:
             queue = (raw.delivery_info or {}).get("routing_key") or "default"
             stub = TaskMessage(id=error.task_id, task=error.task_name or "<unknown>", queue=queue)
-            record = record_for(stub)
-            if not record.is_finished:
-                record.mark_failed(error_info(error) | {"traceback": ""})
-                from django_ray import results
-
-                for follow_up in results.mirror(record, stub):  # e.g. a chord it completes
-                    self.dispatch(follow_up)
+            outcome = settle.failed(stub, error, with_traceback=False)
+            for follow_up in outcome.publish:  # e.g. the end of a chord it belongs to
+                self.dispatch(follow_up)
         raw.reject(requeue=False)
         self.processed += 1
 

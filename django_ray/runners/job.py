@@ -21,16 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from django_ray import conf
-from django_ray.exceptions import ModeNotAvailable
+from django_ray.exceptions import ModeNotAvailable, ProcessSetupFailed
 from django_ray.message import TaskMessage
 from django_ray.runners.base import BaseRunner, Completion
-from django_ray.runners.ray_support import (
-    lost_attempt,
-    ray_options_for,
-    runtime_env,
-    terminated_attempt,
-)
-from django_ray.runtime.job import encode_argument
+from django_ray.runners.ray_support import ray_options_for, runtime_env
+from django_ray.runtime import settle
+from django_ray.runtime.job import SETUP_FAILED_TAG, encode_argument
 
 logger = logging.getLogger(__name__)
 
@@ -155,36 +151,39 @@ class JobRunner(BaseRunner):
         self._jobs.pop(job_id)
         if job_id in self._terminating:
             self._terminating.discard(job_id)
-            outcome = terminated_attempt(job.message)
+            outcome = settle.revoked(job.message, "terminated")
         else:
             outcome = self._outcome(job, status)
         self._done.append(Completion(job.message, job.delivery, outcome=outcome))
 
-    def _outcome(self, job: _Job, status: str) -> Any:
-        from django.db import close_old_connections
-
+    def _outcome(self, job: _Job, status: str) -> settle.Outcome:
         from django_ray.records import record_for
-        from django_ray.runtime.execute import Outcome
+        from django_ray.runtime.execute import close_stale_connections
 
-        close_old_connections()
+        close_stale_connections()
         record = record_for(job.message)
         if status == "SUCCEEDED" or record.is_finished or record.status == "RETRYING":
-            return Outcome(task_id=job.message.id, status=record.status)
+            return settle.Outcome(task_id=job.message.id, status=record.status)
         if job.deadline is not None and time.monotonic() >= job.deadline:
-            from django_ray.runners.local import _time_limit_exceeded
+            return settle.time_limit(job.message)
+        text = self._job_text(submission_id(job.message))
+        setup_failure = next(
+            (line for line in text.splitlines() if line.startswith(SETUP_FAILED_TAG)), None
+        )
+        if setup_failure is not None:
+            # The job's process could not be set up: every attempt would fail the same way.
+            error = ProcessSetupFailed(setup_failure.removeprefix(SETUP_FAILED_TAG).strip())
+            return settle.failed(job.message, error, with_traceback=False)
+        # Ray quotes the entrypoint, whose last argument is the encoded message.
+        info = ENCODED_ARGUMENT.sub("<message>", text.split(", last available logs")[0])[:300]
+        return settle.lost(job.message, self.worker_id, f"Ray job {status}: {info}")
 
-            return _time_limit_exceeded(job.message, self.worker_id)
-        info = self._job_message(submission_id(job.message))
-        return lost_attempt(job.message, self.worker_id, f"Ray job {status}: {info}")
-
-    def _job_message(self, job_id: str) -> str:
-        """Return why the job ended, without the task's arguments (they may be secrets)."""
+    def _job_text(self, job_id: str) -> str:
+        """Return Ray's account of why the job ended (with the last lines of its logs)."""
         try:
-            text = str(self.client.get_job_info(job_id).message or "")
+            return str(self.client.get_job_info(job_id).message or "")
         except Exception:
             return ""
-        # Ray quotes the entrypoint, whose last argument is the encoded message.
-        return ENCODED_ARGUMENT.sub("<message>", text.split(", last available logs")[0])[:300]
 
     def shutdown(self, *, wait: bool = True) -> None:
         while wait and self._jobs:

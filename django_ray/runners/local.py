@@ -26,14 +26,11 @@ from types import FrameType
 from typing import Any
 
 from django_ray import ray_connect
+from django_ray.exceptions import ProcessSetupFailed
 from django_ray.message import TaskMessage
 from django_ray.runners.base import BaseRunner, Completion
-from django_ray.runners.ray_support import (
-    lost_attempt,
-    ray_task_options,
-    runtime_env,
-    terminated_attempt,
-)
+from django_ray.runners.ray_support import ray_task_options, runtime_env
+from django_ray.runtime import settle
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +180,7 @@ class LocalRunner(BaseRunner):
             self._connection_lost(lost)
             return
         logger.error("Ray refused task %s [%s]: %s", message.task, message.id, error)
-        outcome = _refused(message, error)
+        outcome = settle.failed(message, error, reason=str(error))
         self._done.append(Completion(message, delivery, outcome=outcome))
 
     def in_flight(self) -> int:
@@ -259,14 +256,24 @@ class LocalRunner(BaseRunner):
         except (rex.WorkerCrashedError, rex.NodeDiedError, rex.LocalRayletDiedError,
                 rex.ObjectLostError) as e:  # fmt: skip
             if terminating:
-                outcome = terminated_attempt(item.message)
+                outcome = settle.revoked(item.message, "terminated")
             else:  # the task's death or Ray's? _judge_crashed tells after CRASH_GRACE_S
                 item.crash, item.crashed_at = e, time.monotonic()
                 self._crashed[ref] = item
                 return
         except (rex.OutOfMemoryError, rex.TaskCancelledError) as e:
-            outcome = terminated_attempt(item.message) if terminating else self._lost(item, e)
+            if terminating:
+                outcome = settle.revoked(item.message, "terminated")
+            else:
+                outcome = self._lost(item, e)
         except rex.RayTaskError as e:  # execute() itself failed (e.g. the database)
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, ProcessSetupFailed):
+                # That Ray process cannot run any task of this project: say so, once.
+                logger.error("Task %s [%s]: %s", item.message.task, item.message.id, cause)
+                outcome = settle.failed(item.message, cause, with_traceback=False)
+                self._done.append(Completion(item.message, item.delivery, outcome=outcome))
+                return
             logger.error("Ray task for %s failed outside the task: %s", item.message.id, e)
             self._done.append(Completion(item.message, item.delivery, error=e))
             return
@@ -275,10 +282,10 @@ class LocalRunner(BaseRunner):
             return
         self._done.append(Completion(item.message, item.delivery, outcome=outcome))
 
-    def _lost(self, item: _InFlight, error: BaseException) -> Any:
+    def _lost(self, item: _InFlight, error: BaseException) -> settle.Outcome:
         if item.deadline is not None and time.monotonic() >= item.deadline:
-            return _time_limit_exceeded(item.message, self.worker_id)
-        return lost_attempt(item.message, self.worker_id, type(error).__name__)
+            return settle.time_limit(item.message)
+        return settle.lost(item.message, self.worker_id, type(error).__name__)
 
     def _enforce_time_limits(self) -> None:
         import ray
@@ -372,38 +379,3 @@ def _describe(error: BaseException) -> str:
     """Return ``error`` in one short line for the log."""
     text = " ".join(str(error).split())[:200]
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _refused(message: TaskMessage, error: Exception) -> Any:
-    """Store FAILED for a task Ray refused to start (e.g. invalid Ray options)."""
-    from django.db import close_old_connections
-
-    from django_ray import results
-    from django_ray.records import record_for
-    from django_ray.runtime.execute import Outcome, error_info
-
-    close_old_connections()
-    record = record_for(message)
-    if record.is_finished:
-        return Outcome(task_id=message.id, status=record.status, duplicate=True)
-    record.mark_failed(error_info(error))
-    publish = tuple(results.mirror(record, message))
-    return Outcome(task_id=message.id, status=record.status, publish=publish, error=str(error))
-
-
-def _time_limit_exceeded(message: TaskMessage, worker_id: str) -> Any:
-    from django.db import close_old_connections
-
-    from django_ray import results
-    from django_ray.exceptions import TaskTimeLimitExceeded
-    from django_ray.records import record_for
-    from django_ray.runtime.execute import Outcome, error_info
-
-    close_old_connections()
-    record = record_for(message)
-    if record.is_finished:
-        return Outcome(task_id=message.id, status=record.status, duplicate=True)
-    exc = TaskTimeLimitExceeded(f"Task {message.id} exceeded its {message.time_limit}s time limit.")
-    record.mark_failed(error_info(exc))
-    publish = tuple(results.mirror(record, message))
-    return Outcome(task_id=message.id, status=record.status, publish=publish, error="time limit")

@@ -1,7 +1,9 @@
-"""What the Ray runners share: the runtime environment, per-task Ray options, lost attempts.
+"""What the Ray runners share: the runtime environment and per-task Ray options.
 
 Ray task processes must set Django up with the worker's settings: the settings module,
-``sys.path`` and the ``DJANGO_RAY_*`` environment travel in a ``runtime_env``.
+``sys.path`` and the ``DJANGO_RAY_*`` environment travel in a ``runtime_env``, with
+``runtime.bootstrap``'s per-process set-up hook, which prepares each Ray worker process
+(Django, then the task registry) before it unpickles anything.
 """
 
 from __future__ import annotations
@@ -12,18 +14,13 @@ import sys
 from typing import Any
 
 from django_ray import conf
+from django_ray.exceptions import ImproperlyConfiguredRay
 from django_ray.message import TaskMessage
-from django_ray.runtime.execute import Outcome
+from django_ray.runtime.bootstrap import PROJECT_HOOK_VAR, SETUP_HOOK
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "lost_attempt",
-    "ray_options_for",
-    "ray_task_options",
-    "runtime_env",
-    "terminated_attempt",
-]
+__all__ = ["ray_options_for", "ray_task_options", "runtime_env"]
 
 
 def task_env() -> dict[str, str]:
@@ -37,13 +34,26 @@ def task_env() -> dict[str, str]:
 
 
 def runtime_env(extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Return the runtime_env for task processes: configured base, then Django's env vars."""
+    """Return the runtime_env for task processes: configured base, then Django's env vars.
+
+    The per-process set-up hook is always ours; a project's own hook (a dotted path in
+    ``RAY_RUNTIME_ENV["worker_process_setup_hook"]``) runs right after it.
+    """
     base: dict[str, Any] = dict(conf.get("RAY_RUNTIME_ENV") or {})
     env_vars = {**task_env(), **base.get("env_vars", {})}
     if extra:
         env_vars.update(extra.get("env_vars", {}))
         base.update({k: v for k, v in extra.items() if k != "env_vars"})
+    own_hook = base.pop("worker_process_setup_hook", None)
+    if own_hook is not None:
+        if not isinstance(own_hook, str):
+            raise ImproperlyConfiguredRay(
+                "DJANGO_RAY['RAY_RUNTIME_ENV']['worker_process_setup_hook'] must be a dotted "
+                f"path (django-ray runs it after its own set-up), not {own_hook!r}."
+            )
+        env_vars[PROJECT_HOOK_VAR] = own_hook
     base["env_vars"] = env_vars
+    base["worker_process_setup_hook"] = SETUP_HOOK
     return base
 
 
@@ -83,63 +93,3 @@ def ray_task_options(message: TaskMessage) -> dict[str, Any]:
         _warned.add(message.task)
         logger.warning("Ignoring Ray option(s) %s of task %s.", ", ".join(ignored), message.task)
     return {key: value for key, value in options.items() if key in RAY_TASK_KEYS}
-
-
-def lost_attempt(message: TaskMessage, worker_id: str, reason: str) -> Outcome:
-    """Record an attempt whose process died: retry it if attempts remain, else FAILED."""
-    from django.db import close_old_connections
-    from django.utils import timezone
-
-    from django_ray.exceptions import WorkerLost
-    from django_ray.records import record_for
-    from django_ray.runtime.execute import error_info
-
-    close_old_connections()
-    record = record_for(message)
-    if record.is_finished:
-        return Outcome(task_id=message.id, status=record.status, duplicate=True)
-    if record.status != "RUNNING":  # it died before execute() recorded the attempt
-        record.mark_running(worker_id)
-    error = error_info(WorkerLost(f"The process running task {message.id} died: {reason}"))
-    max_attempts = _max_attempts(message)
-    if record.attempts < max_attempts:
-        retry = message.replace(retries=message.retries + 1, eta=timezone.now())
-        record.mark_retrying(error, retries=retry.retries, eta=retry.eta)
-        logger.warning("Task %s [%s] lost (%s); retrying.", message.task, message.id, reason)
-        return Outcome(task_id=message.id, status=record.status, publish=(retry,))
-    record.mark_failed(error)
-    from django_ray import results
-
-    publish = tuple(results.mirror(record, message))
-    logger.error("Task %s [%s] lost (%s); FAILED.", message.task, message.id, reason)
-    return Outcome(task_id=message.id, status=record.status, publish=publish, error=reason)
-
-
-def terminated_attempt(message: TaskMessage) -> Outcome:
-    """Record an attempt stopped by a client's ``revoke(terminate=True)``: REVOKED "terminated"."""
-    from django_ray import results
-    from django_ray.records import record_for
-    from django_ray.runtime.execute import close_stale_connections
-
-    close_stale_connections()
-    record = record_for(message)
-    if record.is_finished:  # it finished before the cancellation reached it
-        return Outcome(task_id=message.id, status=record.status, duplicate=True)
-    logger.warning("Terminated %s [%s] at a client's request.", message.task, message.id)
-    record.mark_revoked("terminated")
-    publish = tuple(results.mirror(record, message))
-    return Outcome(task_id=message.id, status=record.status, publish=publish, error="terminated")
-
-
-def _max_attempts(message: TaskMessage) -> int:
-    from django_ray import registry
-    from django_ray.exceptions import NotRegistered
-
-    try:
-        obj = registry.resolve(message.task).obj
-    except NotRegistered:
-        return 1
-    if hasattr(obj, "max_attempts"):
-        return int(obj.max_attempts or 1)
-    max_retries = getattr(obj, "max_retries", 0)
-    return 1 + (max_retries if isinstance(max_retries, int) else 0)

@@ -14,6 +14,7 @@ A ``compat.celery`` task (any object registered with ``registry.register``) runs
 from __future__ import annotations
 
 import logging
+import reprlib
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
@@ -219,7 +220,10 @@ def _json_or_repr(value: Any) -> Any:
     try:
         return json_result(value)
     except TypeError:  # stored by Celery's serializer anyway (e.g. ignore_result)
-        return repr(value)
+        try:
+            return repr(value)
+        except RecursionError:
+            return reprlib.repr(value)
 
 
 set_celery_executor(execute_celery)

@@ -83,7 +83,7 @@ def run_compat_task(task: Any, message: TaskMessage, record: Any, worker_id: str
             "Hard time limit (%ss) exceeded for %s[%s].", e.seconds, message.task, message.id
         )
         return _failed(task, message, record, target, hard_exc(fmt.plain_number(e.seconds)), ignore)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit and MemoryError too: the attempt FAILED
         names = {cls.__name__ for cls in type(exc).__mro__}
         if "Retry" in names:
             return _retried(task, message, record, target, exc)
@@ -150,7 +150,7 @@ def _succeeded(
         return _failed(task, message, record, target, e, ignore)
     try:
         follow_ups = on_success(message, value)
-    except (ValueError, TypeError, NotImplementedError) as e:  # NotSupported included
+    except Exception as e:  # a signature that cannot be applied (NotSupported included)
         logger.error("Task %s [%s]: callbacks not sent: %s", message.task, message.id, e)
         follow_ups = []
     children = [m.id for m in follow_ups]

@@ -1,11 +1,20 @@
 """The one execution path: run a ``TaskMessage`` and store its outcome.
 
 Every runner calls ``execute()``: the sync runner in the worker process, the Ray runners
-inside a ``@ray.remote`` function, job mode from the job's entrypoint. It sets Django up
-when needed, closes stale database connections around the task, refuses anything not in
-the registry, fills ``TaskContext`` / ``self.request``, makes the result JSON, records
-errors with their real class path and traceback, and returns an ``Outcome`` naming the
-messages the worker must publish next (a retry, the next chain step, callbacks).
+inside a ``@ray.remote`` function, job mode from the job's entrypoint. Its steps:
+
+1. prepare the process (``bootstrap.ensure_ready``: Django and the registry, once);
+2. resolve the task name in the registry (an unknown name is refused, FAILED);
+3. guard: a finished record is a duplicate delivery, an expired or revoked one ends REVOKED;
+4. run the task through the adapter of its kind (a Django ``@task`` here; Celery-style
+   tasks in ``celery_exec`` / ``compat_exec``), which fills ``TaskContext`` /
+   ``self.request``, makes the result JSON and records the task's own outcome;
+5. settle whatever escaped the adapter (``SystemExit``, a ``RecursionError`` while storing,
+   a broken follow-up): FAILED, once (``runtime.settle``). Only ``KeyboardInterrupt`` (a
+   forced stop) leaves no outcome: the message goes back to the broker.
+
+It returns an ``Outcome`` naming the messages the worker must publish next (a retry, the
+next chain step, callbacks).
 """
 
 from __future__ import annotations
@@ -13,14 +22,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django_ray.message import TaskMessage
+from django_ray.runtime import bootstrap
+from django_ray.runtime.settle import Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -30,32 +39,7 @@ __all__ = [
     "error_info",
     "execute",
     "json_result",
-    "setup_django",
 ]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Outcome:
-    """What became of one delivery of a message."""
-
-    task_id: str
-    status: str
-    # Messages to publish before the delivery is acknowledged.
-    publish: tuple[TaskMessage, ...] = ()
-    # True when the record had already finished: the message was a duplicate delivery.
-    duplicate: bool = False
-    error: str | None = None
-
-
-def setup_django() -> None:
-    """Set Django up once in this process (a Ray worker or a job entrypoint)."""
-    from django.apps import apps
-
-    if not apps.ready:
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
-        import django
-
-        django.setup()
 
 
 def close_stale_connections() -> None:
@@ -90,6 +74,8 @@ def json_result(value: Any) -> Any:
         return json.loads(json.dumps(normalize_json(value), allow_nan=False))
     except ValueError as e:
         raise TypeError(f"Task return value is not JSON-serializable: {e}") from e
+    except RecursionError:
+        raise TypeError("Task return value is not JSON-serializable: nested too deeply.") from None
 
 
 # A runner for Celery-style tasks plugs in here (see django_ray.runtime.celery_exec).
@@ -104,7 +90,7 @@ def set_celery_executor(executor: CeleryExecutor) -> None:
 
 def execute(message: TaskMessage, *, worker_id: str) -> Outcome:
     """Run ``message`` once and store the outcome in its ``TaskRecord``."""
-    setup_django()
+    bootstrap.ensure_ready()
     close_stale_connections()
     try:
         return _execute(message, worker_id)
@@ -118,22 +104,18 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
     from django_ray import registry, results
     from django_ray.exceptions import NotRegistered
     from django_ray.records import record_for
+    from django_ray.runtime import settle
 
     try:
         entry = registry.resolve(message.task)
     except NotRegistered as e:
-        record = record_for(message)
-        if record.is_finished:
-            return Outcome(task_id=message.id, status=record.status, duplicate=True)
         logger.error("Refused task %s [%s]: %s", message.task, message.id, e)
-        record.mark_failed(error_info(e) | {"traceback": ""})
-        publish = tuple(results.mirror(record, message))
-        return Outcome(task_id=message.id, status=record.status, publish=publish, error=str(e))
+        return settle.failed(message, e, with_traceback=False, reason=str(e))
 
     record = record_for(message)
     if record.is_finished:
         logger.info("Task %s [%s] already %s; skipping.", message.task, message.id, record.status)
-        publish = ()
+        publish: tuple[TaskMessage, ...] = ()
         if record.celery_state == "REVOKED":
             # Revoked before it started (django_ray.control): tell its Celery client now.
             publish = tuple(results.mirror(record, message))
@@ -145,20 +127,24 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
             publish = tuple(chords.part_finished(message))
         return Outcome(task_id=message.id, status=record.status, duplicate=True, publish=publish)
     if message.expires is not None and message.expires < timezone.now():
-        record.mark_revoked("expired")
-        publish = tuple(results.mirror(record, message))
-        return Outcome(task_id=message.id, status=record.status, publish=publish, error="expired")
+        return settle.revoked(message, "expired", record=record)
     if results.is_revoked(message.id, check_database=False):  # the record was just read
-        record.mark_revoked("revoked")
-        publish = tuple(results.mirror(record, message))
-        return Outcome(task_id=message.id, status=record.status, publish=publish, error="revoked")
+        return settle.revoked(message, "revoked", record=record)
 
-    if entry.kind == "django":
-        return _run_django(entry.obj, message, record, worker_id)
-    if _celery_executor is None:
-        from django_ray.runtime import celery_exec  # noqa: F401  (registers the executor)
-    assert _celery_executor is not None
-    return _celery_executor(entry, message, record, worker_id)
+    try:
+        if entry.kind == "django":
+            return _run_django(entry.obj, message, record, worker_id)
+        if _celery_executor is None:
+            from django_ray.runtime import celery_exec  # noqa: F401  (registers the executor)
+        assert _celery_executor is not None
+        return _celery_executor(entry, message, record, worker_id)
+    except KeyboardInterrupt:
+        raise  # a forced stop: no outcome, the message goes back to the broker
+    except BaseException as e:
+        # The adapter did not settle it (SystemExit from the task, a failure while storing
+        # or building follow-ups): FAILED, once. A record the adapter finished stays.
+        logger.exception("Task %s [%s] ended outside its adapter.", message.task, message.id)
+        return settle.failed(message, e)
 
 
 def _run_django(task: Any, message: TaskMessage, record: Any, worker_id: str) -> Outcome:
@@ -167,8 +153,8 @@ def _run_django(task: Any, message: TaskMessage, record: Any, worker_id: str) ->
     from django.tasks.signals import task_finished, task_started
     from django.utils import timezone
 
-    from django_ray import results
     from django_ray.records import to_task_result
+    from django_ray.runtime import settle
 
     try:
         task = task.using(
@@ -178,9 +164,7 @@ def _run_django(task: Any, message: TaskMessage, record: Any, worker_id: str) ->
         # The message asks for what TASKS does not allow here (an unknown backend alias, a
         # queue outside QUEUES): the task cannot start, which Django calls FAILED.
         logger.error("Refused task %s [%s]: %s", message.task, message.id, e)
-        record.mark_failed(error_info(e) | {"traceback": ""})
-        results.mirror(record, message)
-        return Outcome(task_id=message.id, status=record.status, error=str(e))
+        return settle.failed(message, e, record=record, with_traceback=False, reason=str(e))
     sender = type(task.get_backend())
     record.mark_running(worker_id)
     result = to_task_result(record, task)

@@ -14,7 +14,12 @@ import sys
 
 from django_ray.message import TaskMessage, decode
 
-__all__ = ["decode_argument", "encode_argument", "main"]
+__all__ = ["SETUP_FAILED_TAG", "decode_argument", "encode_argument", "main"]
+
+# The entrypoint prints this before the reason when it cannot set its process up; the job
+# runner finds the line in the job's logs and records the task FAILED with it.
+SETUP_FAILED_TAG = "django-ray: process set-up failed:"
+EXIT_SETUP_FAILED = 3
 
 
 def encode_argument(message: TaskMessage) -> str:
@@ -38,9 +43,15 @@ def main(argv: list[str]) -> int:
         print("usage: python -m django_ray.runtime.job <worker-id> <message>", file=sys.stderr)
         return 2
     worker_id, encoded = argv
-    from django_ray.runtime.execute import execute, setup_django
+    from django_ray.exceptions import ProcessSetupFailed
+    from django_ray.runtime import bootstrap
 
-    setup_django()
+    try:
+        bootstrap.ensure_ready()
+    except ProcessSetupFailed as e:
+        print(f"{SETUP_FAILED_TAG} {e}", file=sys.stderr, flush=True)
+        return EXIT_SETUP_FAILED
+    from django_ray.runtime.execute import execute
     from django_ray.transport import publish_now
 
     message = decode_argument(encoded)

@@ -1,0 +1,100 @@
+"""Set up a process that runs tasks: Django, then the task registry, once, before anything runs.
+
+Every process that runs a task is prepared the same way: the worker, each Ray worker
+process in ``--local`` and ``--cluster`` mode, and the Ray Job entrypoint (whose own Ray
+tasks, e.g. ``parallel_map`` calls, are Ray worker processes too). Preparing means
+``django.setup()`` with the worker's settings, then loading the registry exactly as the
+worker does: the installed apps' ``tasks`` modules, ``TASK_MODULES``, and the Celery app
+with its ``include``/``imports`` and autodiscovery.
+
+In Ray processes this runs as Ray's ``worker_process_setup_hook`` (see ``SETUP_HOOK``,
+which ``runners.ray_support.runtime_env`` adds): before the process unpickles anything.
+A function shipped to Ray by reference (a module-level function of a ``tasks.py`` that
+uses ``@task``) imports its module on unpickling, and that import needs Django ready.
+
+The hook never raises: Ray would only kill the process and report a bare start-up failure.
+It keeps the error instead; ``ensure_ready()`` raises ``ProcessSetupFailed`` with it, naming
+the process and the node, so the task that meets it ends FAILED with a message that says
+what went wrong and where.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import traceback
+
+from django_ray.exceptions import ProcessSetupFailed
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PROJECT_HOOK_VAR", "SETUP_HOOK", "ensure_ready", "prepare_ray_worker", "setup_django"]
+
+# Ray imports this by name in each new worker process (runtime_env worker_process_setup_hook).
+SETUP_HOOK = "django_ray.runtime.bootstrap.prepare_ray_worker"
+# The project's own set-up hook (a dotted path), run after ours in each Ray worker process.
+PROJECT_HOOK_VAR = "DJANGO_RAY_PROJECT_SETUP_HOOK"
+
+_lock = threading.Lock()
+_ready = False
+_failure: str | None = None  # why preparing this process failed (the hook's error)
+
+
+def setup_django() -> None:
+    """Set Django up once in this process."""
+    from django.apps import apps
+
+    if not apps.ready:
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
+        import django
+
+        django.setup()
+
+
+def ensure_ready() -> None:
+    """Set Django up and load the task registry, once; raise ``ProcessSetupFailed`` if not."""
+    global _ready, _failure
+    if _ready:
+        return
+    with _lock:
+        if _ready:
+            return
+        try:
+            setup_django()
+            from django_ray import registry
+
+            registry.autodiscover()
+        except Exception as e:
+            # A second try after a half-done django.setup() fails on that, not on the cause.
+            _failure = _failure or _describe(e)
+            raise ProcessSetupFailed(_failure) from e
+        _ready, _failure = True, None
+
+
+def prepare_ray_worker() -> None:
+    """Ray's per-process set-up hook: prepare this process, keeping (not raising) a failure."""
+    try:
+        ensure_ready()
+    except ProcessSetupFailed as e:
+        # The process stays up; the first task it is given reports this (ensure_ready again).
+        logger.error("%s", e)
+        return
+    project_hook = os.environ.get(PROJECT_HOOK_VAR)
+    if project_hook:
+        from django.utils.module_loading import import_string
+
+        import_string(project_hook)()
+
+
+def _describe(error: BaseException) -> str:
+    where = f"process {os.getpid()} on {socket.gethostname()}"
+    settings_module = os.environ.get("DJANGO_SETTINGS_MODULE", "<unset>")
+    last = traceback.format_exception_only(error)[-1].strip()
+    return (
+        f"Setting up the task process ({where}) failed: {last}. The process could not set "
+        f"Django up with DJANGO_SETTINGS_MODULE={settings_module!r} or import the project's "
+        "task modules. On a Ray cluster, the project's code, settings and environment must "
+        "reach every node: see DJANGO_RAY['RAY_ENV_VARS'] and ['RAY_RUNTIME_ENV'] in docs/modes.md."
+    )
