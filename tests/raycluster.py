@@ -35,9 +35,10 @@ from typing import Any, Literal, NoReturn
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
 RAY_EXE = Path(sys.executable).parent / "ray"
 START_TIMEOUT_S = 60.0
+# The only variables a head inherits from the test process.
+CLEAN_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER")
 
 
 class RayHeadError(RuntimeError):
@@ -157,7 +158,10 @@ class RayHead:
         )
         # A short path: Ray's Unix sockets live below it and must stay under 107 bytes.
         self.temp_dir = tempfile.mkdtemp(prefix="drh", dir="/tmp")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDR"))}
+        # Started apart from the project, as `ray start` on a cluster node is: none of the
+        # project's environment (settings module, PYTHONPATH, DJANGO_RAY_*) and not its
+        # directory. What task processes need must come through the worker's runtime_env.
+        env = {k: os.environ[k] for k in CLEAN_ENV if k in os.environ}
         env.update(self.env(), RAY_USAGE_STATS_ENABLED="0")
         marker_name, marker_value = self.marker.split("=", 1)
         env[marker_name] = marker_value
@@ -166,7 +170,7 @@ class RayHead:
             # --block keeps `ray start` as the head's guardian: when it gets SIGTERM (also
             # when this test process dies, see _die_with_parent) it stops what it started.
             self.proc = subprocess.Popen(
-                [*self.command(), "--block"], env=env, cwd=ROOT, stdout=out,
+                [*self.command(), "--block"], env=env, cwd=self.temp_dir, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
             )  # fmt: skip
         self.sid = self.proc.pid

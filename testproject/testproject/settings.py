@@ -9,6 +9,7 @@ variables switch parts to real services:
 * ``DJANGO_RAY_CELERY_APP`` - dotted path of a real Celery app (Celery interop tests).
 * ``DJANGO_RAY_CELERY_RESULT_BACKEND`` - ``CELERY_RESULT_BACKEND`` for Celery clients.
 * ``DJANGO_RAY_TASK_OPTIONS`` - JSON for ``TASKS["default"]["OPTIONS"]["TASK_OPTIONS"]``.
+* ``DJANGO_RAY_EXTRA_APPS`` - more ``INSTALLED_APPS``, comma-separated (12-factor style).
 """
 
 import json
@@ -31,6 +32,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django_ray",
     "demo",
+    # A deployment's add-ons, from the environment (the tests' project-shaped apps use it).
+    *[app for app in os.environ.get("DJANGO_RAY_EXTRA_APPS", "").split(",") if app],
 ]
 
 MIDDLEWARE = [
