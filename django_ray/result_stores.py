@@ -1,4 +1,5 @@
-"""Where Celery-style results go: the project's Celery app backend, or Celery's Redis format.
+"""Where Celery-style results go: the project's Celery app backend, Celery's Redis format,
+or, when the project has neither, nowhere but ``TaskRecord`` (``RecordStore``).
 
 ``CeleryAppStore`` hands every state change to ``app.backend`` (``mark_as_done``,
 ``mark_as_failure``, ``mark_as_retry``, ``mark_as_revoked``), which also fails the rest
@@ -6,6 +7,9 @@ of a chain, calls errbacks and counts chord parts. ``RedisStore`` writes the sam
 ``celery-task-meta-<id>`` documents with redis-py when Celery is not installed, and
 returns the follow-up messages (errbacks, a chord body) for the worker to publish. Both
 store a chord's header size (``set_chord_size``) for whoever sends its header.
+``RecordStore`` writes nothing (the record already holds the outcome) and joins chords
+through ``TaskRecord`` (``django_ray.chords``), so there is always a store and no caller
+branches on "no result backend".
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from django_ray import celery_format as fmt
+from django_ray import chords
 from django_ray.message import TaskMessage
 from django_ray.runtime import follow_ups
 
-__all__ = ["CeleryAppStore", "RedisStore", "ResultStore"]
+__all__ = ["CeleryAppStore", "RecordStore", "RedisStore", "ResultStore"]
 
 
 class ResultStore(Protocol):
@@ -44,6 +49,49 @@ class ResultStore(Protocol):
     ) -> list[TaskMessage]: ...
 
     def set_chord_size(self, group_id: str, size: int) -> None: ...
+
+    def redelivered(self, message: TaskMessage) -> list[TaskMessage]:
+        """Return what a finished task's duplicate delivery must still send (a chord's end)."""
+        ...
+
+
+class RecordStore:
+    """No Celery result backend: ``TaskRecord`` holds every outcome; chords join through it.
+
+    Each chord header part is a record with ``group_id`` and ``group_index``, and the body
+    carries the header size (``chord_size``), so nothing needs storing here.
+    """
+
+    def started(self, message: TaskMessage, hostname: str) -> None:
+        return None
+
+    def done(
+        self, message: TaskMessage, value: Any, *, children: Sequence[str], store: bool
+    ) -> list[TaskMessage]:
+        return chords.part_finished(message)
+
+    def failed(
+        self, message: TaskMessage, exc: BaseException, traceback: str | None, *, store: bool
+    ) -> list[TaskMessage]:
+        return follow_ups.errbacks(message) + chords.part_finished(message)
+
+    def retried(
+        self, message: TaskMessage, exc: BaseException | None, traceback: str | None
+    ) -> None:
+        return None
+
+    def revoked(
+        self, task_id: str, reason: str, message: TaskMessage | None = None
+    ) -> list[TaskMessage]:
+        return chords.part_finished(message) if message is not None else []
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        return None  # the body message carries it
+
+    def redelivered(self, message: TaskMessage) -> list[TaskMessage]:
+        # A chord part redelivered after its worker stopped before joining: join now (the
+        # join sends the body once, whoever asks).
+        return chords.part_finished(message)
 
 
 class CeleryAppStore:
@@ -102,6 +150,9 @@ class CeleryAppStore:
     def set_chord_size(self, group_id: str, size: int) -> None:
         """Store a chord's header size where the app backend's chord join reads it."""
         self.backend.set_chord_size(group_id, size)
+
+    def redelivered(self, message: TaskMessage) -> list[TaskMessage]:
+        return []  # the app backend counted the part when it finished
 
 
 # Record one chord part and claim the body once every part is in (the keys and their
@@ -226,6 +277,9 @@ class RedisStore:
     def set_chord_size(self, group_id: str, size: int) -> None:
         """Store a chord's header size, as a Celery client applying the chord does."""
         self.client.set(f"celery-taskset-meta-{group_id}.s", size, ex=self.expires or None)
+
+    def redelivered(self, message: TaskMessage) -> list[TaskMessage]:
+        return []  # the part was counted in Redis when it finished
 
     # -- chords ---------------------------------------------------------------------
 

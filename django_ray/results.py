@@ -2,10 +2,11 @@
 
 ``store()`` picks where a Celery client's ``AsyncResult`` looks: the project's Celery app
 backend when Celery is installed and ``DJANGO_RAY["CELERY_APP"]`` names an app, else
-Celery's Redis format written with redis-py from ``CELERY_RESULT_BACKEND``, else nowhere
-(``TaskRecord`` stays the system of record either way). ``mirror()`` copies a record's
-state there for outcomes decided outside a task (unknown name, expired, revoked,
-malformed, time limit, lost) and returns what that outcome sends on. Revoked ids are kept
+Celery's Redis format written with redis-py from ``CELERY_RESULT_BACKEND``, else
+``TaskRecord`` alone (``RecordStore``; the record is the system of record either way).
+``mirror()`` copies a record's state there for outcomes decided outside a task (unknown
+name, expired, revoked, malformed, time limit, lost) and returns what that outcome sends
+on. Revoked ids are kept
 durably as REVOKED records, so every worker process sees them; their Celery result is
 written when their message comes up.
 """
@@ -21,14 +22,14 @@ from typing import Any
 
 from django_ray import celery_format as fmt
 from django_ray.message import TaskMessage
-from django_ray.result_stores import CeleryAppStore, RedisStore, ResultStore
+from django_ray.result_stores import CeleryAppStore, RecordStore, RedisStore, ResultStore
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["is_revoked", "mirror", "revoke", "store"]
 
 _lock = threading.Lock()
-_stores: dict[tuple[Any, ...], ResultStore | None] = {}
+_stores: dict[tuple[Any, ...], ResultStore] = {}
 # Ids revoked in this process, newest last (the records keep them for every process).
 _revoked: dict[str, None] = {}
 MAX_REVOKED_IN_MEMORY = 50_000
@@ -41,8 +42,8 @@ CELERY_NAMES = {
 }
 
 
-def store() -> ResultStore | None:
-    """Return the Celery result store of this process (None: the project has none)."""
+def store() -> ResultStore:
+    """Return the Celery result store of this process (``RecordStore`` when there is none)."""
     from django_ray import conf, registry
 
     app = registry.celery_app()
@@ -54,7 +55,7 @@ def store() -> ResultStore | None:
         return _stores[key]
 
 
-def _make_store(app: Any, url: str | None) -> ResultStore | None:
+def _make_store(app: Any, url: str | None) -> ResultStore:
     from django_ray import conf
 
     if app is not None and not _is_disabled(app):
@@ -65,7 +66,7 @@ def _make_store(app: Any, url: str | None) -> ResultStore | None:
         logger.warning(
             "Result backend %r needs Celery: set DJANGO_RAY['CELERY_APP'] to write to it.", url
         )
-    return None
+    return RecordStore()
 
 
 def _is_disabled(app: Any) -> bool:
@@ -81,10 +82,6 @@ def mirror(record: Any, message: TaskMessage) -> list[TaskMessage]:
     state = record.celery_state
     try:
         target = store()
-        if target is None:
-            from django_ray import chords
-
-            return chords.part_finished(message) if record.is_finished else []
         if state == "REVOKED":
             reason = (record.last_error or {}).get("exc_message") or ["revoked"]
             return target.revoked(message.id, str(reason[0]), message)

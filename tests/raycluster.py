@@ -36,6 +36,7 @@ from typing import Any, Literal, NoReturn
 import pytest
 
 RAY_EXE = Path(sys.executable).parent / "ray"
+ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 60.0
 # The only variables a head inherits from the test process.
 CLEAN_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER")

@@ -28,9 +28,7 @@ def prepare_chords(frozen: Mapping[str, Any]) -> None:
         return
     from django_ray import results
 
-    store = results.store()
-    if store is not None:
-        store.set_chord_size(header["options"]["task_id"], size)
+    results.store().set_chord_size(header["options"]["task_id"], size)
 
 
 def _first_chord(sig: Mapping[str, Any]) -> Mapping[str, Any] | None:

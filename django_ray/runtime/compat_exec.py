@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from django_ray import celery_format as fmt
-from django_ray import chords, results
+from django_ray import results
 from django_ray.message import TaskMessage
 from django_ray.result_stores import ResultStore
 from django_ray.runtime.celery_exec import rejected, retry_eta
 from django_ray.runtime.execute import Outcome, error_info, json_result
-from django_ray.runtime.follow_ups import errbacks, on_success
+from django_ray.runtime.follow_ups import on_success
 from django_ray.runtime.time_limits import (
     HardTimeLimit,
     Terminated,
@@ -60,7 +60,7 @@ def run_compat_task(task: Any, message: TaskMessage, record: Any, worker_id: str
     if ignore is None:
         ignore = bool(getattr(task, "ignore_result", False))
     record.mark_running(worker_id)
-    if target is not None and getattr(task, "track_started", False) and not ignore:
+    if getattr(task, "track_started", False) and not ignore:
         target.started(message, hostname)
     request = fmt.request_dict(message, hostname=hostname, broker_priority=None)
     task.push_request(**request, message=message)
@@ -140,7 +140,7 @@ def _succeeded(
     task: Any,
     message: TaskMessage,
     record: Any,
-    target: ResultStore | None,
+    target: ResultStore,
     value: Any,
     ignore: bool,
 ) -> Outcome:
@@ -156,10 +156,7 @@ def _succeeded(
     children = [m.id for m in follow_ups]
     record.mark_successful(value, children=children)
     try:
-        if target is not None:
-            follow_ups += target.done(message, value, children=children, store=not ignore)
-        else:
-            follow_ups += chords.part_finished(message)
+        follow_ups += target.done(message, value, children=children, store=not ignore)
     except Exception:
         logger.exception("Storing the result of %s [%s] failed.", message.task, message.id)
     _hook(task, "on_success", value, message.id, list(message.args), dict(message.kwargs))
@@ -171,7 +168,7 @@ def _failed(
     task: Any,
     message: TaskMessage,
     record: Any,
-    target: ResultStore | None,
+    target: ResultStore,
     exc: BaseException,
     ignore: bool,
 ) -> Outcome:
@@ -180,10 +177,7 @@ def _failed(
     store = not ignore or bool(getattr(task, "store_errors_even_if_ignored", False))
     follow_ups: list[TaskMessage] = []
     try:
-        if target is not None:
-            follow_ups = target.failed(message, exc, error["traceback"], store=store)
-        else:
-            follow_ups = errbacks(message) + chords.part_finished(message)
+        follow_ups = target.failed(message, exc, error["traceback"], store=store)
     except Exception:
         logger.exception("Storing the failure of %s [%s] failed.", message.task, message.id)
     einfo = ExceptionInfo(exc, type(exc), error["traceback"])
@@ -196,7 +190,7 @@ def _failed(
 
 
 def _retried(
-    task: Any, message: TaskMessage, record: Any, target: ResultStore | None, retry: Exception
+    task: Any, message: TaskMessage, record: Any, target: ResultStore, retry: Exception
 ) -> Outcome:
     reason = getattr(retry, "exc", None)
     cause = reason if isinstance(reason, BaseException) else retry
@@ -206,11 +200,10 @@ def _retried(
         again = message.replace(retries=message.retries + 1, eta=retry_eta(when))
     record.mark_retrying(error_info(cause), retries=again.retries, eta=again.eta)
     text = "".join(traceback.format_exception(retry))
-    if target is not None:
-        try:
-            target.retried(message, reason if isinstance(reason, BaseException) else None, text)
-        except Exception:
-            logger.exception("Storing the retry of %s [%s] failed.", message.task, message.id)
+    try:
+        target.retried(message, reason if isinstance(reason, BaseException) else None, text)
+    except Exception:
+        logger.exception("Storing the retry of %s [%s] failed.", message.task, message.id)
     einfo = ExceptionInfo(retry, type(retry), text)
     _hook(task, "on_retry", cause, message.id, list(message.args), dict(message.kwargs), einfo)
     _after_return(task, "RETRY", cause, message, einfo)

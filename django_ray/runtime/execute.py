@@ -119,12 +119,8 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
         if record.celery_state == "REVOKED":
             # Revoked before it started (django_ray.control): tell its Celery client now.
             publish = tuple(results.mirror(record, message))
-        elif message.chord is not None and results.store() is None:
-            # A chord part redelivered after its worker stopped before joining: join now
-            # (the join sends the body once, whoever asks).
-            from django_ray import chords
-
-            publish = tuple(chords.part_finished(message))
+        elif message.chord is not None:
+            publish = tuple(results.store().redelivered(message))
         return Outcome(task_id=message.id, status=record.status, duplicate=True, publish=publish)
     if message.expires is not None and message.expires < timezone.now():
         return settle.revoked(message, "expired", record=record)

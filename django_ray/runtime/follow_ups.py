@@ -98,7 +98,5 @@ def _store_chord_sizes(messages: Sequence[TaskMessage]) -> None:
     from django_ray import results
 
     target = results.store()
-    if target is None:  # joined through TaskRecord (django_ray.chords): nothing to store
-        return
     for group_id, size in sizes.items():
         target.set_chord_size(group_id, size)

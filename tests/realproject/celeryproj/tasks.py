@@ -1,4 +1,4 @@
-"""The project's Celery tasks, unchanged: they import Django models, so importing them needs Django."""
+"""The project's Celery tasks, unchanged: they import Django models (so they need Django)."""
 
 from __future__ import annotations
 
