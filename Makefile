@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint check bench bench-modes clean
+.PHONY: setup demo test lint typecheck check bench bench-modes clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,9 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+typecheck: setup
+	PYTHONPATH=.:testproject $(BIN)/mypy django_ray compat
 
 check: setup
 	cd testproject && ../$(BIN)/python manage.py check

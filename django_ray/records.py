@@ -49,7 +49,7 @@ def record_for(message: TaskMessage) -> TaskRecord:
 
 def to_task_result(record: TaskRecord, task: Task) -> TaskResult:
     """Return Django's view of ``record`` (only the four public statuses)."""
-    result = TaskResult(
+    result: TaskResult[Any, Any] = TaskResult(
         task=task,
         id=record.id,
         status=TaskResultStatus(record.django_status),

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from django.db import transaction
 from kombu import Connection, Consumer, Exchange, Producer, Queue
@@ -183,8 +183,11 @@ class Broker:
         self._producer = None
         self._declared.clear()
         if consumer is not None:
-            names = [q.name for q in consumer.queues]
-            self.consume(names, consumer.on_message, prefetch=consumer.prefetch_count or 0)
+            # kombu leaves these attributes untyped; ``consume()`` set them to these types.
+            queues = cast("list[Queue]", consumer.queues)
+            on_message = cast("Callable[[KombuMessage], None]", consumer.on_message)
+            names = [q.name for q in queues]
+            self.consume(names, on_message, prefetch=consumer.prefetch_count or 0)
 
     @property
     def recoverable_errors(self) -> tuple[type[BaseException], ...]:

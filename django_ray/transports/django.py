@@ -169,12 +169,14 @@ class Channel(virtual.Channel):
 class Transport(virtual.Transport):
     Channel = Channel
     polling_interval = 0.1
-    default_port = 0
+    # kombu's ``default_port = None`` makes mypy type the attribute as None.
+    default_port = 0  # type: ignore[assignment]
     driver_type = "django"
     driver_name = "django"
     # Our own database; the connection itself never drops the way a socket does.
     connection_errors = (*virtual.Transport.connection_errors,)
-    channel_errors = (*virtual.Transport.channel_errors, DatabaseError)
+    # kombu's one-element default makes mypy type the attribute as a one-element tuple.
+    channel_errors = (*virtual.Transport.channel_errors, DatabaseError)  # type: ignore[assignment]
 
     def driver_version(self) -> str:
         import django
