@@ -42,6 +42,12 @@ KNOWN_HEADERS = frozenset(
 )  # fmt: skip
 # Refuse messages whose headers alone exceed this (a broken or hostile producer).
 MAX_HEADER_BYTES = 256 * 1024
+# What a TaskRecord column can hold on every supported database: ids, names and queues
+# are varchar(255), counters int4; times stay well inside every backend's range.
+MAX_NAME_LENGTH = 255
+MAX_INT4 = 2**31 - 1
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 EMBED_KEYS = ("callbacks", "errbacks", "chain", "chord")
 
 
@@ -156,7 +162,11 @@ def decode(
     name = headers.get("task") if isinstance(headers.get("task"), str) else None
 
     def bad(reason: str) -> MalformedMessage:
-        return MalformedMessage(reason, task_id=task_id, task_name=name)
+        # Only an id and name a task record can hold go with the refusal (to record it).
+        return MalformedMessage(
+            reason, task_id=task_id if _storable(task_id) else None,
+            task_name=name if _storable(name) else None,
+        )  # fmt: skip
 
     if (content_type or "").split(";")[0].strip().lower() != CONTENT_TYPE:
         raise bad(f"Refused content type {content_type!r}: only {CONTENT_TYPE!r} is accepted.")
@@ -166,8 +176,9 @@ def decode(
         raise bad("Message has no 'task' header: it is not a protocol-v2 task message.")
     if not task_id:
         raise bad("Message has no 'id' header.")
-    if len(task_id) > 255:
-        raise bad("Task id is longer than 255 characters.")
+    for label, value in (("Task id", task_id), ("Task name", name)):
+        if not _storable(value):
+            raise bad(f"{label} must be at most {MAX_NAME_LENGTH} characters, without NUL.")
 
     try:
         payload = json.loads(body)
@@ -175,6 +186,9 @@ def decode(
         raise bad(f"Body is not valid JSON: {e}.") from e
     except RecursionError:
         raise bad("Body is nested too deeply to decode.") from None
+    if _has_nul(body) and _holds_nul(payload):
+        # PostgreSQL cannot store U+0000 in JSON or text: refuse it on every database alike.
+        raise bad("Body holds a NUL character (U+0000), which the task record cannot store.")
     if isinstance(payload, dict):
         raise bad(
             "Body is a dict (protocol v1); only protocol v2 [args, kwargs, embed] is accepted."
@@ -202,9 +216,22 @@ def decode(
     if not isinstance(priority, int) or isinstance(priority, bool):
         priority = broker_priority or 0
     retries = headers.get("retries") or 0
-    if not isinstance(retries, int) or retries < 0:
-        raise bad(f"Header 'retries' must be a non-negative integer, not {retries!r}.")
+    if not isinstance(retries, int) or not 0 <= retries <= MAX_INT4:
+        raise bad(f"Header 'retries' must be an integer from 0 to {MAX_INT4}, not {retries!r}.")
+    group_index = _typed(headers.get("group_index"), int)
+    if group_index is not None and not 0 <= group_index <= MAX_INT4:
+        raise bad(f"Header 'group_index' must be from 0 to {MAX_INT4}, not {group_index!r}.")
+    ids = {key: _str_or_none(headers.get(key)) for key in ("root_id", "parent_id", "group")}
+    for key, value in ids.items():
+        if value is not None and not _storable(value):
+            raise bad(f"Header {key!r} must be at most {MAX_NAME_LENGTH} characters, no NUL.")
     delivery = dict(delivery_info or properties.get("delivery_info") or {})
+    queue = queue or delivery.get("routing_key") or "default"
+    if not _storable(queue):
+        raise bad(f"Queue name must be a string of at most {MAX_NAME_LENGTH} characters.")
+    backend = _str_or_none(headers.get("django_ray_backend"))
+    if backend is not None and len(backend) > 64:
+        raise bad("Header 'django_ray_backend' is longer than 64 characters.")
     extra = {k: v for k, v in headers.items() if k not in KNOWN_HEADERS}
     chord = embed.get("chord")
     if chord is not None:
@@ -214,23 +241,23 @@ def decode(
         task=name,
         args=tuple(args),
         kwargs=kwargs,
-        queue=queue or delivery.get("routing_key") or "default",
+        queue=queue,
         priority=max(-100, min(100, priority)),
         eta=eta,
         expires=expires,
         retries=retries,
         time_limit=hard,
         soft_time_limit=soft,
-        root_id=_str_or_none(headers.get("root_id")),
-        parent_id=_str_or_none(headers.get("parent_id")),
-        group=_str_or_none(headers.get("group")),
-        group_index=_typed(headers.get("group_index"), int),
+        root_id=ids["root_id"],
+        parent_id=ids["parent_id"],
+        group=ids["group"],
+        group_index=group_index,
         callbacks=_signatures(embed.get("callbacks"), "callbacks", bad),
         errbacks=_signatures(embed.get("errbacks"), "errbacks", bad),
         chain=_signatures(embed.get("chain"), "chain", bad),
         chord=chord,
         ignore_result=_typed(headers.get("ignore_result"), bool),
-        backend=_str_or_none(headers.get("django_ray_backend")),
+        backend=backend,
         shadow=_str_or_none(headers.get("shadow")),
         origin=_str_or_none(headers.get("origin")),
         correlation_id=_str_or_none(properties.get("correlation_id")) or task_id,
@@ -306,6 +333,15 @@ def _parse_time(value: Any) -> datetime | None:
         raise ValueError(f"Time header {value!r} is not ISO-8601.") from e
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
+    try:
+        in_utc = parsed.astimezone(UTC)
+    except OverflowError:
+        in_utc = None
+    if in_utc is None or not EARLIEST <= in_utc < LATEST:
+        raise ValueError(
+            f"Time header {value!r} is outside {EARLIEST.year}-{LATEST.year}, "
+            "the range a task record can hold."
+        )
     return parsed
 
 
@@ -317,6 +353,34 @@ def _time_limits(value: Any) -> tuple[float | None, float | None]:
         float(hard) if isinstance(hard, int | float) and hard > 0 else None,
         float(soft) if isinstance(soft, int | float) and soft > 0 else None,
     )
+
+
+def _storable(value: Any) -> bool:
+    """Return True if ``value`` fits a task record's varchar(255) on every database."""
+    return isinstance(value, str) and len(value) <= MAX_NAME_LENGTH and "\x00" not in value
+
+
+def _has_nul(body: bytes | str) -> bool:
+    """Cheap first look: can the JSON text hold an escaped NUL at all?"""
+    if isinstance(body, bytes):
+        return b"\\u0000" in body
+    return "\\u0000" in body
+
+
+def _holds_nul(value: Any) -> bool:
+    """Return True if a string (or key) anywhere in ``value`` holds U+0000."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+    return False
 
 
 def _iso(value: datetime | None) -> str | None:

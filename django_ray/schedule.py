@@ -14,6 +14,7 @@ from datetime import datetime
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from django_ray.exceptions import MalformedMessage
 from django_ray.message import TaskMessage, decode
 from django_ray.models import ScheduledMessage
 from django_ray.transport import publish_now
@@ -50,17 +51,33 @@ def publish_due(queues: list[str], *, limit: int = 100, url: str | None = None) 
     published = 0
     with transaction.atomic():
         for row in rows[:limit]:
-            message = decode(
-                headers=row.payload["headers"],
-                body=row.payload["body"],
-                content_type="application/json",
-                queue=row.queue,
-            )
+            try:
+                message = decode(
+                    headers=row.payload["headers"],
+                    body=row.payload["body"],
+                    content_type="application/json",
+                    queue=row.queue,
+                )
+            except MalformedMessage as e:
+                _drop_unpublishable(row, e, url=url)
+                continue
             # Due now: the receiving worker must not park it again.
             publish_now(message.replace(eta=None), url=url)
             if ScheduledMessage.objects.filter(pk=row.pk).delete()[0]:
                 published += 1
     return published
+
+
+def _drop_unpublishable(row: ScheduledMessage, error: MalformedMessage, *, url: str | None) -> None:
+    """Record FAILED the parked message that cannot be published again, and drop its row."""
+    from django_ray.runtime import settle
+
+    logger.error("Dropping parked message %s: it cannot be published again: %s", row.task_id, error)
+    stub = TaskMessage(id=row.task_id, task=error.task_name or "<unknown>", queue=row.queue)
+    outcome = settle.failed(stub, error, with_traceback=False)
+    ScheduledMessage.objects.filter(pk=row.pk).delete()
+    for follow_up in outcome.publish:
+        publish_now(follow_up, url=url)
 
 
 def next_due(queues: list[str]) -> datetime | None:

@@ -17,6 +17,7 @@ import time
 import uuid
 from typing import Any
 
+from django.db import DatabaseError
 from django.utils import timezone
 
 from django_ray import control, schedule
@@ -38,6 +39,19 @@ BATCH_GRACE_SECONDS = 2.0
 
 class WorkerShutdown(KeyboardInterrupt):
     """Raised by a second signal to stop at once (a KeyboardInterrupt, never a task failure)."""
+
+
+def _undecodable(raw: Any, error: BaseException) -> MalformedMessage:
+    """Describe a message that failed to decode in an unexpected way, with its id if it has one."""
+    headers = getattr(raw, "headers", None)
+    headers = headers if isinstance(headers, dict) else {}
+    task_id, name = headers.get("id"), headers.get("task")
+    text = " ".join(str(error).split())[:300]
+    return MalformedMessage(
+        f"Could not decode the message ({type(error).__name__}: {text}).",
+        task_id=task_id if isinstance(task_id, str) and len(task_id) <= 255 else None,
+        task_name=name if isinstance(name, str) and len(name) <= 255 else None,
+    )
 
 
 def default_worker_id() -> str:
@@ -190,10 +204,20 @@ class Worker:
         except MalformedMessage as e:
             self._refuse(raw, e)
             return
+        except Exception as e:  # whatever decoding met, it is the message's fault
+            self._refuse(raw, _undecodable(raw, e))
+            return
         if message.eta is not None and message.eta > timezone.now():
-            if schedule.park(message):
-                logger.info("Task %s [%s] parked until %s.", message.task, message.id, message.eta)
-            record_for(message)
+            try:
+                if schedule.park(message):
+                    logger.info(
+                        "Task %s [%s] parked until %s.", message.task, message.id, message.eta
+                    )
+                record_for(message)
+            except DatabaseError as e:
+                # A value the database refuses: record what can be, and never retry it.
+                self._refuse(raw, _undecodable(raw, e))
+                return
             raw.ack()
             return
         self.runner.submit(message, raw)
@@ -206,9 +230,12 @@ class Worker:
         if error.task_id:
             queue = (raw.delivery_info or {}).get("routing_key") or "default"
             stub = TaskMessage(id=error.task_id, task=error.task_name or "<unknown>", queue=queue)
-            outcome = settle.failed(stub, error, with_traceback=False)
-            for follow_up in outcome.publish:  # e.g. the end of a chord it belongs to
-                self.dispatch(follow_up)
+            try:
+                outcome = settle.failed(stub, error, with_traceback=False)
+                for follow_up in outcome.publish:  # e.g. the end of a chord it belongs to
+                    self.dispatch(follow_up)
+            except (DatabaseError, ValueError) as e:  # an id or name the database refuses
+                logger.error("Could not record the refusal of %r: %s", error.task_id, e)
         raw.reject(requeue=False)
         self.processed += 1
 

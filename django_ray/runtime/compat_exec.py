@@ -190,7 +190,7 @@ def _failed(
 
 
 def _retried(
-    task: Any, message: TaskMessage, record: Any, target: ResultStore, retry: Exception
+    task: Any, message: TaskMessage, record: Any, target: ResultStore, retry: BaseException
 ) -> Outcome:
     reason = getattr(retry, "exc", None)
     cause = reason if isinstance(reason, BaseException) else retry

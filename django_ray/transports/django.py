@@ -42,6 +42,7 @@ from django.utils import timezone
 from kombu.transport import virtual
 
 from django_ray import conf
+from django_ray.message import EARLIEST, LATEST
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +190,7 @@ def _eta(value: Any) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        parsed = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None  # delivered now; the worker refuses the message with the reason
+    return parsed if EARLIEST <= parsed < LATEST else None

@@ -1,0 +1,123 @@
+"""Hostile and broken messages: each is refused with a recorded reason, once, on every broker,
+and the worker goes on to the next message.
+
+Each case was seen to stop or loop workers: a body nested too deep for the JSON decoder,
+a follow-up embed the worker could not apply after the task ran, values the task record
+cannot hold (a retry count past int4, a time past year 9999 once in UTC, NUL characters
+that PostgreSQL refuses), and a parked message that cannot be published again.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from django_ray import schedule
+from django_ray.message import TaskMessage
+from django_ray.models import ScheduledMessage, TaskRecord, TaskStatus
+from tests import tasks
+from tests.inprocess import publish_raw, queue_size, run_worker_inprocess
+from tests.services import ALL_BROKERS
+
+pytestmark = pytest.mark.timeout(90)
+
+ADD = "tests.tasks.add"
+MALFORMED = "django_ray.exceptions.MalformedMessage"
+
+
+def body(embed: dict[str, Any] | None = None, args: list[Any] | None = None) -> str:
+    return json.dumps([args if args is not None else [1, 2], {}, embed or {}])
+
+
+def headers(task_id: str, **extra: Any) -> dict[str, Any]:
+    return {"task": ADD, "id": task_id, **extra}
+
+
+def hostile(broker_url: str) -> dict[str, dict[str, Any]]:
+    """Messages (by task id) that must end FAILED as malformed."""
+    # AMQP header tables carry at most int64: the largest value a producer can send there.
+    huge = 2**40 if broker_url.startswith("amqp") else 10**30
+    deep = "[" * 5000 + "]" * 5000
+    cases: dict[str, dict[str, Any]] = {
+        "deep-body": {"body": f"[{deep}, {{}}, null]", "headers": headers("deep-body")},
+        "callback-empty": {"body": body({"callbacks": [{}]})},
+        "chain-no-task": {"body": body({"chain": [{"args": []}]})},
+        "chord-no-body": {
+            "body": body({"chord": {"task": "celery.chord", "subtask_type": "chord", "kwargs": {}}})
+        },
+        "callback-args-not-list": {"body": body({"callbacks": [{"task": ADD, "args": "x"}]})},
+        "huge-retries": {"body": body(), "headers": headers("huge-retries", retries=huge)},
+        "int4-retries": {"body": body(), "headers": headers("int4-retries", retries=2**31)},
+        "huge-group-index": {
+            "body": body(),
+            "headers": headers("huge-group-index", group="g", group_index=huge),
+        },
+        "eta-past-9999": {
+            "body": body(),
+            "headers": headers("eta-past-9999", eta="9999-12-31T23:59:59-14:00"),
+        },
+        "expires-before-year-1": {
+            "body": body(),
+            "headers": headers("expires-before-year-1", expires="0001-01-01T00:00:00+14:00"),
+        },
+        "long-group-id": {"body": body(), "headers": headers("long-group-id", group="g" * 300)},
+        "nul-argument": {"body": body(args=["a\u0000b", 1])},
+    }
+    for task_id, case in cases.items():
+        case.setdefault("headers", headers(task_id))
+    return cases
+
+
+@ALL_BROKERS
+@pytest.mark.django_db(transaction=True)
+def test_hostile_messages_are_refused_once_and_the_worker_goes_on(
+    broker_url: str, queue: str
+) -> None:
+    cases = hostile(broker_url)
+    for case in cases.values():
+        publish_raw(queue, case["body"], headers=case["headers"])
+    # Without a record to hold them: an id too long, a task name too long, a NUL in the id.
+    publish_raw(queue, body(), headers=headers("x" * 300))
+    publish_raw(queue, body(), headers={"task": "t" * 300, "id": "long-task-name"})
+    publish_raw(queue, body(), headers=headers("nul\u0000id"))
+    good = tasks.add.using(queue_name=queue).enqueue(2, 3)
+
+    run_worker_inprocess([queue])
+
+    for task_id in [*cases, "long-task-name"]:
+        record = TaskRecord.objects.get(pk=task_id)
+        assert record.status == TaskStatus.FAILED, task_id
+        assert [e["exception_class_path"] for e in record.errors] == [MALFORMED], task_id
+        assert record.worker_ids == [], task_id  # refused before any attempt
+    assert not TaskRecord.objects.filter(pk__startswith="xxxxxxxx").exists()
+    good.refresh()
+    assert good.return_value == 5
+    assert queue_size(queue) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_parked_message_that_cannot_be_published_again_is_failed_and_dropped(
+    broker_url: str, queue: str
+) -> None:
+    due = timezone.now() - timedelta(seconds=1)
+    broken = TaskMessage(id=f"parked-{uuid.uuid4().hex}", task=ADD, args=(1, 2), queue=queue)
+    fine = TaskMessage(id=f"parked-{uuid.uuid4().hex}", task=ADD, args=(2, 2), queue=queue)
+    for message in (broken, fine):
+        assert schedule.park(message.replace(eta=due))
+    # Whatever made it unpublishable (here: headers grown past the limit while parked).
+    row = ScheduledMessage.objects.get(task_id=broken.id)
+    row.payload["headers"]["padding"] = "x" * (300 * 1024)
+    row.save()
+
+    run_worker_inprocess([queue])
+
+    record = TaskRecord.objects.get(pk=broken.id)
+    assert record.status == TaskStatus.FAILED
+    assert record.last_error["exception_class_path"] == MALFORMED
+    assert not ScheduledMessage.objects.filter(task_id=broken.id).exists()
+    assert TaskRecord.objects.get(pk=fine.id).return_value == 4
