@@ -46,12 +46,16 @@ def _undecodable(raw: Any, error: BaseException) -> MalformedMessage:
     headers = getattr(raw, "headers", None)
     headers = headers if isinstance(headers, dict) else {}
     task_id, name = headers.get("id"), headers.get("task")
-    text = " ".join(str(error).split())[:300]
     return MalformedMessage(
-        f"Could not decode the message ({type(error).__name__}: {text}).",
+        f"Could not decode the message ({_short(error)}).",
         task_id=task_id if isinstance(task_id, str) and len(task_id) <= 255 else None,
         task_name=name if isinstance(name, str) and len(name) <= 255 else None,
     )
+
+
+def _short(error: BaseException) -> str:
+    text = " ".join(str(error).split())[:300]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def default_worker_id() -> str:
@@ -143,6 +147,13 @@ class Worker:
                 got = self.broker.drain(timeout=0.005 if busy else 0.5)
             except self.broker.recoverable_errors as e:
                 self._reconnect(e)
+                return
+            except Exception as e:
+                # Something no message handler refused: bytes the transport itself could not
+                # read (a non-JSON item pushed onto a Redis list), or a database error while
+                # handling one. The broker keeps (or redelivers) what was not acknowledged.
+                logger.error("Could not take a message from the broker: %s", _short(e))
+                self._back_off()
                 return
             self._collect(self.runner.poll(0))
         else:
@@ -246,8 +257,7 @@ class Worker:
                              done.message.task, done.message.id, done.error,
                              exc_info=done.error)  # fmt: skip
                 self._safe(done.delivery.reject, requeue=True)
-                self._pause = min(max(self._pause * 2, 0.5), 10.0)
-                self._paused_until = time.monotonic() + self._pause
+                self._back_off()
                 continue
             self._pause = 0.0
             for follow_up in done.outcome.publish:
@@ -255,6 +265,11 @@ class Worker:
             self._safe(done.delivery.ack)
             self.processed += 1
             logger.info("Task %s [%s] %s.", done.message.task, done.message.id, done.outcome.status)
+
+    def _back_off(self) -> None:
+        """Pause consuming, longer each time in a row (0.5 s up to 10 s)."""
+        self._pause = min(max(self._pause * 2, 0.5), 10.0)
+        self._paused_until = time.monotonic() + self._pause
 
     def _safe(self, method: Any, **kwargs: Any) -> None:
         try:

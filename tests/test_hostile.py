@@ -121,3 +121,30 @@ def test_a_parked_message_that_cannot_be_published_again_is_failed_and_dropped(
     assert record.last_error["exception_class_path"] == MALFORMED
     assert not ScheduledMessage.objects.filter(task_id=broken.id).exists()
     assert TaskRecord.objects.get(pk=fine.id).return_value == 4
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
+@pytest.mark.django_db(transaction=True)
+def test_garbage_pushed_onto_a_redis_list_does_not_stop_the_worker(
+    broker_url: str, queue: str
+) -> None:
+    import redis
+
+    from django_ray.transport import Broker
+
+    broker = Broker(broker_url)
+    broker._declare(queue)  # the queue exists, as it does once any worker consumed it
+    broker.close()
+    client = redis.Redis.from_url(broker_url)
+    envelope = {"body": "%%% not base64 %%%", "headers": {}, "content-type": "application/json",
+                "content-encoding": "utf-8", "properties": {"body_encoding": "base64",
+                "delivery_tag": "t", "delivery_info": {"routing_key": queue}}}  # fmt: skip
+    client.lpush(queue, b"not json at all", json.dumps(envelope))
+    good = tasks.add.using(queue_name=queue).enqueue(2, 3)
+
+    run_worker_inprocess([queue])
+
+    good.refresh()
+    assert good.return_value == 5
+    assert queue_size(queue) == 0
