@@ -125,6 +125,21 @@ def record_run(self: Task, key: str, seconds: float = 0.0) -> str:
     return self.request.hostname or ""
 
 
+@app.task(bind=True)
+def hold(self: Task, key: str, timeout: float = 30) -> str:
+    """Hold the worker until a test releases ``key`` (``workers.hold_started``/``release``).
+
+    Says it runs (``hold:started:{key}``), then blocks in BLPOP, where a revoke with
+    terminate interrupts it; the run is counted only once released.
+    """
+    store = side_effects()
+    store.rpush(f"hold:started:{key}", self.request.id)
+    if store.blpop([f"hold:release:{key}"], timeout=timeout) is None:
+        raise TimeoutError(f"hold({key!r}) was never released")
+    count_run(key, self.request.id)
+    return "released"
+
+
 @app.task
 def sleep_then(value: Any, seconds: float) -> Any:
     time.sleep(seconds)

@@ -181,6 +181,17 @@ def soft_limited(seconds: float) -> str:
     return "finished"
 
 
+@task(bind=True)
+def hold(self: DuckTask, key: str, timeout: float = 30) -> str:
+    """Hold the worker until a test releases ``key``, as ``cw_tasks.hold`` does."""
+    store = side_effects()
+    store.rpush(f"hold:started:{key}", self.request.id)
+    if store.blpop([f"hold:release:{key}"], timeout=timeout) is None:
+        raise TimeoutError(f"hold({key!r}) was never released")
+    store.incr(f"duck:held:{key}")
+    return "released"
+
+
 @task(time_limit=0.5)
 def hard_limited(seconds: float) -> str:
     try:

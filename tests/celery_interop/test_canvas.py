@@ -7,9 +7,12 @@ import redis
 from celery import chain, chord, group
 
 from tests.celery_interop import cw_tasks
-from tests.celery_interop.workers import RunningWorker, result_meta, unique, wait_until
+from tests.celery_interop.workers import RunningWorker, result_meta, unique
+from tests.waiting import wait_until
 
-pytestmark = pytest.mark.redis
+# Its worker writes TaskRecords: pytest-django creates the test database only for a run
+# that collects a django_db test, so this module declares it (it may run alone).
+pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 TIMEOUT = 10
 
 
@@ -46,7 +49,8 @@ def test_link_and_link_error(worker: RunningWorker, redis_client: redis.Redis) -
     with pytest.raises(ValueError):
         bad.get(timeout=TIMEOUT)
     errbacks = wait_until(
-        lambda: len(got := redis_client.lrange(f"cw:errbacks:{key}", 0, -1)) == 2 and got
+        lambda: len(got := redis_client.lrange(f"cw:errbacks:{key}", 0, -1)) == 2 and got,
+        "both error callbacks",
     )
     # The new-style errback runs inline with (request, exc, traceback); the old one is a task.
     assert sorted(e.decode() for e in errbacks) == sorted([bad.id, f"{bad.id}:ValueError"])

@@ -14,9 +14,12 @@ from celery import chain, chord
 from celery.canvas import Signature
 
 from tests.celery_interop.celery_app import QUEUE, app
-from tests.celery_interop.workers import RunningWorker, result_meta, unique, wait_until
+from tests.celery_interop.workers import RunningWorker, result_meta, unique
+from tests.waiting import wait_until
 
-pytestmark = pytest.mark.redis
+# Its worker writes TaskRecords: pytest-django creates the test database only for a run
+# that collects a django_db test, so this module declares it (it may run alone).
+pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 DUCK = "tests.celery_interop.duck_tasks"
 TIMEOUT = 10
 
@@ -44,5 +47,7 @@ def test_results_retries_and_canvas(worker: RunningWorker, redis_client: redis.R
     assert (
         chord([s("add", i, 1) for i in range(3)], s("tsum")).apply_async().get(timeout=TIMEOUT) == 6
     )
-    errbacks = wait_until(lambda: redis_client.lrange(f"duck:errbacks:{key}", 0, -1))
+    errbacks = wait_until(
+        lambda: redis_client.lrange(f"duck:errbacks:{key}", 0, -1), "the error callback"
+    )
     assert errbacks == [errback.id.encode()]

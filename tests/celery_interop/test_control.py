@@ -13,7 +13,13 @@ from celery.exceptions import NotRegistered, TaskRevokedError, TimeLimitExceeded
 from django_ray.models import TaskRecord, TaskStatus
 from tests.celery_interop import cw_tasks
 from tests.celery_interop.celery_app import QUEUE, app
-from tests.celery_interop.workers import RunningWorker, result_meta, unique
+from tests.celery_interop.workers import (
+    RunningWorker,
+    hold_started,
+    release,
+    result_meta,
+    unique,
+)
 
 pytestmark = pytest.mark.redis
 TIMEOUT = 10
@@ -43,18 +49,21 @@ def test_expired_task_is_not_run_and_stored_revoked(
 def test_revoke_from_a_client_keeps_the_task_from_starting(
     worker: RunningWorker, redis_client: redis.Redis
 ) -> None:
-    key = unique("revoked")
-    busy = cw_tasks.sleep_then.delay("busy", 1.0)  # holds the worker while we revoke
+    key, busy_key = unique("revoked"), unique("busy")
+    busy = cw_tasks.hold.delay(busy_key)  # holds the worker until the revokes are in
+    hold_started(redis_client, busy_key)
     queued = cw_tasks.record_run.delay(key)
     parked = cw_tasks.record_run.apply_async((key,), countdown=1)
-    time.sleep(0.3)
     queued.revoke()
     parked.revoke()
+    worker.wait_for(f"Revoked {queued.id}", TIMEOUT)
+    worker.wait_for(f"Revoked {parked.id}", TIMEOUT)
+    release(redis_client, busy_key)
     with pytest.raises(TaskRevokedError, match="revoked"):
         queued.get(timeout=TIMEOUT)
     with pytest.raises(TaskRevokedError, match="revoked"):
         parked.get(timeout=TIMEOUT)
-    assert busy.get(timeout=TIMEOUT) == "busy"
+    assert busy.get(timeout=TIMEOUT) == "released"
     assert cw_tasks.add.apply_async((1, 1), countdown=1.2).get(timeout=TIMEOUT) == 2
     # Both revoked messages have come up by now and were skipped.
     assert redis_client.hgetall(f"cw:runs:{key}") == {}
@@ -141,8 +150,8 @@ def test_revoke_with_terminate_interrupts_the_running_attempt(
     worker: RunningWorker, redis_client: redis.Redis
 ) -> None:
     key = unique("terminated")
-    running = cw_tasks.record_run.apply_async((key, 5))  # sleeps 5 s, then records
-    time.sleep(0.5)
+    running = cw_tasks.hold.delay(key)  # never released: records a run only if not stopped
+    hold_started(redis_client, key)
     started = time.monotonic()
     running.revoke(terminate=True)
     with pytest.raises(TaskRevokedError, match="terminated"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -12,10 +11,19 @@ from celery.canvas import Signature
 from celery.exceptions import NotRegistered, TaskRevokedError
 
 from tests.celery_interop.celery_app import QUEUE, RUN, client_app
-from tests.celery_interop.workers import RunningWorker, django_ray_worker, interop_env, unique
+from tests.celery_interop.workers import (
+    RunningWorker,
+    django_ray_worker,
+    hold_started,
+    interop_env,
+    release,
+    unique,
+)
 from tests.services import require_rabbitmq
 
-pytestmark = pytest.mark.rabbitmq
+# Its worker writes TaskRecords: pytest-django creates the test database only for a run
+# that collects a django_db test, so this module declares it (it may run alone).
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.django_db(transaction=True)]
 TIMEOUT = 10
 TASKS = "tests.celery_interop.cw_tasks"
 
@@ -75,14 +83,16 @@ def test_retry(amqp_worker: RunningWorker, amqp_client: Celery) -> None:
 def test_revoke_and_unknown_name(
     amqp_worker: RunningWorker, amqp_client: Celery, redis_client: redis.Redis
 ) -> None:
-    key = unique("amqp-revoked")
-    busy = amqp_client.send_task(f"{TASKS}.sleep_then", args=("busy", 0.8))
+    key, busy_key = unique("amqp-revoked"), unique("amqp-busy")
+    busy = amqp_client.send_task(f"{TASKS}.hold", args=(busy_key,))  # until the revoke is in
+    hold_started(redis_client, busy_key)
     queued = amqp_client.send_task(f"{TASKS}.record_run", args=(key,))
-    time.sleep(0.2)
     queued.revoke()
+    amqp_worker.wait_for(f"Revoked {queued.id}", TIMEOUT)
+    release(redis_client, busy_key)
     with pytest.raises(TaskRevokedError):
         queued.get(timeout=TIMEOUT)
-    assert busy.get(timeout=TIMEOUT) == "busy"
+    assert busy.get(timeout=TIMEOUT) == "released"
     with pytest.raises(NotRegistered):
         amqp_client.send_task("cw.nope").get(timeout=TIMEOUT)
     assert redis_client.hgetall(f"cw:runs:{key}") == {}

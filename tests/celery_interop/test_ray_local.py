@@ -24,9 +24,9 @@ from tests.celery_interop.workers import (
     interop_env,
     purge_redis_queue,
     stored_meta,
-    wait_until,
 )
 from tests.services import REDIS_URL
+from tests.waiting import wait_until
 
 # Transactional, so pytest-django keeps the tests together (one Ray start for the module).
 pytestmark = [
@@ -65,7 +65,7 @@ def status(task_id: str) -> str | None:
 
 def test_revoke_with_terminate_cancels_the_ray_task(ray_worker: RunningWorker) -> None:
     running = send("sleeper", 60)
-    wait_until(lambda: status(running.id) == TaskStatus.RUNNING, timeout=TIMEOUT)
+    wait_until(lambda: status(running.id) == TaskStatus.RUNNING, "the task to run", timeout=TIMEOUT)
     started = time.monotonic()
     running.revoke(terminate=True)
     with pytest.raises(TaskRevokedError, match="terminated"):

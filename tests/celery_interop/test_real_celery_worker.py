@@ -23,11 +23,13 @@ from tests.celery_interop.workers import (
     purge_redis_queue,
     result_meta,
     unique,
-    wait_until,
 )
 from tests.services import REDIS_URL
+from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.redis, pytest.mark.slow]
+# Its worker writes TaskRecords: pytest-django creates the test database only for a run
+# that collects a django_db test, so this module declares it (it may run alone).
+pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 OURS, REAL, SHARED = (f"cw_cmp_{kind}_{RUN}" for kind in ("ours", "real", "shared"))
 READY = {"SUCCESS", "FAILURE", "REVOKED"}
 
@@ -96,11 +98,11 @@ def test_same_results_as_a_real_celery_worker(
         metas = {key: result_meta(redis_client, i) for key, i in ids.items()}
         return [key for key, m in metas.items() if m is None or m["status"] not in READY]
 
-    try:
-        wait_until(lambda: not pending(), timeout=20)
-    except AssertionError:
-        logs = "\n".join(w.output()[-3000:] for w in workers.values())
-        raise AssertionError(f"Not finished: {pending()}\n{logs}") from None
+    def logs() -> str:
+        tails = "\n".join(w.output()[-3000:] for w in workers.values())
+        return f"Not finished: {pending()}\n{tails}"
+
+    wait_until(lambda: not pending(), "every result to be stored", timeout=20, details=logs)
     for case in CASES:
         ours = result_meta(redis_client, ids["ours", case])
         real = result_meta(redis_client, ids["real", case])

@@ -8,7 +8,8 @@ from celery.exceptions import MaxRetriesExceededError
 
 from django_ray.models import TaskRecord, TaskStatus
 from tests.celery_interop import cw_tasks
-from tests.celery_interop.workers import RunningWorker, result_meta, wait_until
+from tests.celery_interop.workers import RunningWorker, result_meta
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.redis
 TIMEOUT = 10
@@ -20,7 +21,8 @@ def test_retry_republishes_same_id_and_stores_retry(
 ) -> None:
     result = cw_tasks.flaky.delay(2, countdown=1.0)
     meta = wait_until(
-        lambda: (m := result_meta(redis_client, result.id)) and m["status"] == "RETRY" and m
+        lambda: (m := result_meta(redis_client, result.id)) and m["status"] == "RETRY" and m,
+        "the RETRY state to be stored",
     )
     assert meta["result"] == {
         "exc_type": "TransientError",

@@ -8,7 +8,6 @@ honoured. A ``celery`` package that records any import attempt shadows the real 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,17 +23,21 @@ from tests.celery_interop.celery_app import RUN, app
 from tests.celery_interop.workers import (
     RunningWorker,
     django_ray_worker,
+    hold_started,
     interop_env,
     purge_redis_queue,
+    release,
     result_meta,
     stored_meta,
     unique,
-    wait_until,
 )
 from tests.conftest import ROOT
 from tests.services import REDIS_URL
+from tests.waiting import wait_until
 
-pytestmark = pytest.mark.redis
+# Its worker writes TaskRecords: pytest-django creates the test database only for a run
+# that collects a django_db test, so this module declares it (it may run alone).
+pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 QUEUE = f"cw_duck_{RUN}"
 DUCK = "tests.celery_interop.duck_tasks"
 TIMEOUT = 10
@@ -143,7 +146,9 @@ def test_canvas(duck_worker: RunningWorker, redis_client: redis.Redis) -> None:
     assert chord(header, s("note", key)).apply_async().get(timeout=TIMEOUT) == [0, 1, 2]
     starmap = xstarmap(app.signature(f"{DUCK}.add"), [(1, 2), (3, 4)], app=app).set(queue=QUEUE)
     assert starmap.apply_async().get(timeout=TIMEOUT) == [3, 7]
-    errbacks = wait_until(lambda: redis_client.lrange(f"duck:errbacks:{key}", 0, -1))
+    errbacks = wait_until(
+        lambda: redis_client.lrange(f"duck:errbacks:{key}", 0, -1), "the error callback"
+    )
     assert errbacks == [linked.id.encode()]
 
 
@@ -155,18 +160,22 @@ def test_time_limits_revoke_and_bad_names(
     with pytest.raises(Exception) as info:
         hard.get(timeout=TIMEOUT)
     assert type(info.value).__name__ == "TimeLimitExceeded"
-    busy = send("soft_limited", 0.8)
+    busy_key, long_key = unique("duck-busy"), unique("duck-long")
+    busy = send("hold", busy_key)  # holds the worker until the revoke is in
+    hold_started(redis_client, busy_key)
     queued = send("add", 1, 1)
-    time.sleep(0.2)
     queued.revoke()
+    duck_worker.wait_for(f"Revoked {queued.id}", TIMEOUT)
+    release(redis_client, busy_key)
     with pytest.raises(TaskRevokedError):
         queued.get(timeout=TIMEOUT)
-    assert busy.get(timeout=TIMEOUT) == "finished"
-    long = send("soft_limited", 5)
-    time.sleep(0.3)
+    assert busy.get(timeout=TIMEOUT) == "released"
+    long = send("hold", long_key)  # never released
+    hold_started(redis_client, long_key)
     long.revoke(terminate=True)
     with pytest.raises(TaskRevokedError, match="terminated"):
         long.get(timeout=TIMEOUT)
+    assert redis_client.get(f"duck:held:{long_key}") is None
     with pytest.raises(NotRegistered):
         app.send_task("os.system", args=["true"], queue=QUEUE).get(timeout=TIMEOUT)
     assert send("add", 2, 2).get(timeout=TIMEOUT) == 4

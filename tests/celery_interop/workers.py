@@ -11,8 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import redis
 
 from tests.conftest import ROOT, worker_command, worker_env
 from tests.services import REDIS_URL
+from tests.waiting import wait_until
 
 CELERY_APP = "tests.celery_interop.celery_app.app"
 
@@ -38,14 +38,15 @@ class RunningWorker:
 
     def wait_for(self, text: str, timeout: float = 20) -> None:
         """Wait until ``text`` appears in the worker's output (it logs when it is ready)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def logged() -> bool:
             if text in self.output():
-                return
+                return True
             if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"Worker never logged {text!r}:\n{self.output()}")
+                raise AssertionError(f"Worker exited before logging {text!r}:\n{self.output()}")
+            return False
+
+        wait_until(logged, f"the worker to log {text!r}", timeout=timeout, details=self.output)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -146,12 +147,18 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid4().hex[:12]}"
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10, interval: float = 0.05) -> Any:
-    """Return ``predicate()`` once it is truthy, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"Condition not met within {timeout}s.")
+def hold_started(client: redis.Redis, key: str, timeout: float = 10) -> str:
+    """Wait until a ``hold(key)`` task runs (it holds its worker); return the task's id.
+
+    ``hold`` is in ``cw_tasks`` (Celery) and ``duck_tasks`` (no Celery): both push their id
+    to ``hold:started:{key}`` once running, then block until ``release(key)``.
+    """
+    task_id = wait_until(
+        lambda: client.lpop(f"hold:started:{key}"), f"hold({key!r}) to start", timeout=timeout
+    )
+    return task_id.decode()
+
+
+def release(client: redis.Redis, key: str) -> None:
+    """Let the ``hold(key)`` task finish."""
+    client.rpush(f"hold:release:{key}", "go")
