@@ -26,7 +26,7 @@ from django_ray.result_stores import CeleryAppStore, RecordStore, RedisStore, Re
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["is_revoked", "mirror", "revoke", "store"]
+__all__ = ["as_celery", "is_revoked", "mirror", "revoke", "store"]
 
 _lock = threading.Lock()
 _stores: dict[tuple[Any, ...], ResultStore] = {}
@@ -144,11 +144,22 @@ def _remember_revoked(task_id: str) -> None:
             del _revoked[next(iter(_revoked))]
 
 
+def as_celery(exc: BaseException, message: TaskMessage) -> BaseException:
+    """Return ``exc`` as a Celery client knows it: ours under Celery's name, others as they are."""
+    cls = type(exc)
+    path = f"{cls.__module__}.{cls.__qualname__}"
+    return _named(path, list(exc.args), message) if path in CELERY_NAMES else exc
+
+
 def _exception(record: Any, message: TaskMessage) -> BaseException:
     """Rebuild the exception of ``record``'s last error, under Celery's name if it has one."""
     error = record.last_error or {}
     path = error.get("exception_class_path") or "builtins.Exception"
-    args = list(error.get("exc_message") or [])
+    return _named(path, list(error.get("exc_message") or []), message)
+
+
+def _named(path: str, args: list[Any], message: TaskMessage) -> BaseException:
+    """Return an instance of the exception class at ``path`` (Celery's, for ours) with ``args``."""
     if path in CELERY_NAMES:
         module, name = CELERY_NAMES[path]
         # Celery stores NotRegistered(<task name>), TimeLimitExceeded(<seconds>) and

@@ -1,14 +1,14 @@
-"""Run Celery-style tasks: real Celery tasks through Celery's own tracer, compat tasks through ours.
+"""The adapter of a real Celery app's tasks: Celery's own tracer, as a Celery worker runs them.
 
-A real Celery task (from the project's Celery app) runs through
-``celery.app.trace.build_tracer``, exactly as a Celery worker runs it: ``self.request``,
-``retry()`` and ``autoretry_for``, the task's hooks, ``track_started``, callbacks, the next
-chain step, chord accounting and result storage through ``app.backend`` all come from
-Celery, and Celery's producer publishes the follow-up messages. This module adds what a
-Celery worker's pool would: time limits, the hard-limit failure, and the ``TaskRecord``.
+A task of the project's Celery app runs through ``celery.app.trace.build_tracer``:
+``self.request``, ``retry()`` and ``autoretry_for``, the task's hooks, ``track_started``,
+callbacks, the next chain step, chord accounting and result storage through
+``app.backend`` all come from Celery, and Celery's producer publishes the follow-up
+messages. This adapter adds what a Celery worker's pool would (time limits, the hard-limit
+failure, a client's terminate) and turns the tracer's state into a ``Verdict`` with
+``results="tracer"``: ``settle`` writes the ``TaskRecord`` only.
 
-A ``compat.celery`` task (any object registered with ``registry.register``) runs through
-``django_ray.runtime.compat_exec``, which needs no Celery.
+``compat.celery`` tasks run through ``compat_exec`` instead, which needs no Celery.
 """
 
 from __future__ import annotations
@@ -24,26 +24,14 @@ from typing import Any
 from django.utils import timezone
 
 from django_ray import celery_format as fmt
-from django_ray.exceptions import RequeueLimitExceeded
 from django_ray.message import TaskMessage
-from django_ray.runtime.execute import Outcome, error_info, json_result, set_celery_executor
+from django_ray.runtime.execute import json_result
+from django_ray.runtime.settle import Verdict
 from django_ray.runtime.time_limits import HardTimeLimit, Terminated, time_limits
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "MAX_REJECT_REQUEUES",
-    "REQUEUE_HEADER",
-    "execute_celery",
-    "is_celery_task",
-    "rejected",
-    "retry_eta",
-]
-
-# Reject(requeue=True) puts a message back at most this many times, then it FAILS: a task
-# that always rejects would otherwise loop between the broker and the workers forever.
-MAX_REJECT_REQUEUES = 3
-REQUEUE_HEADER = "django_ray_requeues"
+__all__ = ["is_celery_task", "retry_eta", "run"]
 
 _tracers: dict[tuple[int, str], Any] = {}
 _tracers_lock = threading.Lock()
@@ -57,15 +45,6 @@ def is_celery_task(obj: Any) -> bool:
     from celery.app.task import Task
 
     return isinstance(obj, Task)
-
-
-def execute_celery(entry: Any, message: TaskMessage, record: Any, worker_id: str) -> Outcome:
-    """Run the Celery-style task ``entry.obj`` for ``message`` and store its outcome."""
-    if is_celery_task(entry.obj):
-        return _run_celery_task(entry.obj, message, record, worker_id)
-    from django_ray.runtime.compat_exec import run_compat_task
-
-    return run_compat_task(entry.obj, message, record, worker_id)
 
 
 def retry_eta(when: Any) -> datetime | None:
@@ -96,59 +75,49 @@ def _limits(task: Any, message: TaskMessage) -> tuple[float | None, float | None
     return hard, soft
 
 
-def _run_celery_task(task: Any, message: TaskMessage, record: Any, worker_id: str) -> Outcome:
+def run(task: Any, message: TaskMessage, record: Any) -> Verdict:
+    """Run ``task`` for ``message``'s attempt through Celery's tracer; return the verdict."""
     from celery import states
     from celery.exceptions import SoftTimeLimitExceeded
 
     from django_ray import conf
     from django_ray.transport import broker_kind, to_broker_priority
 
-    hostname = fmt.node_name(worker_id)
+    hostname = fmt.node_name(record.worker_ids[-1])
     priority = to_broker_priority(broker_kind(conf.broker_url()), message.priority)
     request = fmt.request_dict(message, hostname=hostname, broker_priority=priority)
     hard, soft = _limits(task, message)
-    record.mark_running(worker_id)
     try:
         with time_limits(hard, soft, soft_exc=SoftTimeLimitExceeded, task_id=message.id):
             retval, info, _, _ = _tracer(task, hostname)(
                 message.id, list(message.args), dict(message.kwargs), dict(request)
             )
     except HardTimeLimit as e:
-        return _hard_limit(task, message, record, request, e.seconds)
+        return _hard_limit(task, message, request, e.seconds)
     except Terminated:
-        return _terminated(task, message, record, request)
-    except KeyboardInterrupt:
-        # Stopped at once: the message goes back to the broker; the record waits READY.
-        record.mark_ready()
-        raise
+        return _terminated(task, message, request)
 
     state = info.state if info is not None else states.SUCCESS
     if state == states.SUCCESS:
-        record.mark_successful(_json_or_repr(retval), children=_follow_up_ids(message))
-        return Outcome(task_id=message.id, status=record.status)
-    if state == states.RETRY:
+        return Verdict(state="succeeded", results="tracer", value=_json_or_repr(retval))
+    if state == states.RETRY:  # Celery's retry() already sent the next attempt
         retry = info.retval
         reason = retry.exc if isinstance(retry.exc, BaseException) else retry
-        eta = retry_eta(retry.when)
-        record.mark_retrying(error_info(reason), retries=message.retries + 1, eta=eta)
-        return Outcome(task_id=message.id, status=record.status)
+        return Verdict(state="retry", results="tracer", error=reason, eta=retry_eta(retry.when))
     if state == states.REJECTED:
-        return rejected(message, record, info.retval)
+        reject = info.retval
+        requeue = bool(getattr(reject, "requeue", False))
+        return Verdict(state="rejected", results="tracer", error=reject, requeue=requeue)
     if state == states.IGNORED:
         # Task.replace() raises Ignore after sending its replacement under the same id.
-        record.mark_ready()
-        return Outcome(task_id=message.id, status=record.status)
-    exc = info.retval
-    error = error_info(exc)
-    if getattr(retval, "traceback", None):
-        error["traceback"] = retval.traceback
-    record.mark_failed(error)
-    return Outcome(task_id=message.id, status=record.status, error=error["exception_class_path"])
+        return Verdict(state="ignored", results="tracer")
+    text = getattr(retval, "traceback", None) or None
+    return Verdict(state="failed", results="tracer", error=info.retval, traceback=text)
 
 
 def _hard_limit(
-    task: Any, message: TaskMessage, record: Any, request: dict[str, Any], seconds: float
-) -> Outcome:
+    task: Any, message: TaskMessage, request: dict[str, Any], seconds: float
+) -> Verdict:
     """Fail the attempt that passed its hard limit, as a Celery worker's ``on_timeout`` does."""
     from billiard.einfo import ExceptionInfo
     from celery.app.task import Context
@@ -167,53 +136,18 @@ def _hard_limit(
         logger.exception(
             "Storing the time-limit failure of %s [%s] failed.", message.task, message.id
         )
-    error = error_info(exc)
-    record.mark_failed(error)
-    return Outcome(task_id=message.id, status=record.status, error=error["exception_class_path"])
+    return Verdict(state="failed", results="tracer", error=exc)
 
 
-def _terminated(task: Any, message: TaskMessage, record: Any, request: dict[str, Any]) -> Outcome:
+def _terminated(task: Any, message: TaskMessage, request: dict[str, Any]) -> Verdict:
     """End an attempt a client revoked with ``terminate=True``: REVOKED "terminated"."""
     from celery.app.task import Context
 
-    logger.warning("Terminated %s[%s] at a client's request.", message.task, message.id)
     try:
         task.backend.mark_as_revoked(message.id, "terminated", request=Context(request))
     except Exception:
         logger.exception("Storing the revoke of %s [%s] failed.", message.task, message.id)
-    record.mark_revoked("terminated")
-    return Outcome(task_id=message.id, status=record.status, error="terminated")
-
-
-def rejected(message: TaskMessage, record: Any, reject: Any) -> Outcome:
-    """``Reject(requeue=True)`` puts the message back (a bounded number of times, counted in
-    its ``django_ray_requeues`` header); ``requeue=False`` fails the task."""
-    from django_ray import results
-
-    if getattr(reject, "requeue", False):
-        count = message.headers.get(REQUEUE_HEADER)
-        count = count if isinstance(count, int) and not isinstance(count, bool) else 0
-        if count < MAX_REJECT_REQUEUES:
-            record.mark_ready()
-            again = message.replace(headers={**message.headers, REQUEUE_HEADER: count + 1})
-            return Outcome(task_id=message.id, status=record.status, publish=(again,))
-        error = RequeueLimitExceeded(
-            f"Task {message.task!r} [{message.id}] was rejected with requeue=True "
-            f"{count + 1} times in a row; raise Reject(requeue=False), or "
-            "self.retry(countdown=...) to try again later."
-        )
-        logger.error("%s", error)
-        record.mark_failed(error_info(error) | {"traceback": ""})
-        publish = tuple(results.mirror(record, message))
-        return Outcome(task_id=message.id, status=record.status, publish=publish, error="Reject")
-    record.mark_failed(error_info(reject))
-    return Outcome(task_id=message.id, status=record.status, error="Reject")
-
-
-def _follow_up_ids(message: TaskMessage) -> list[str]:
-    signatures = [*message.callbacks, *message.chain[-1:]]
-    ids = [(sig.get("options") or {}).get("task_id") for sig in signatures]
-    return [i for i in ids if isinstance(i, str)]
+    return Verdict(state="terminated", results="tracer")
 
 
 def _json_or_repr(value: Any) -> Any:
@@ -224,6 +158,3 @@ def _json_or_repr(value: Any) -> Any:
             return repr(value)
         except RecursionError:
             return reprlib.repr(value)
-
-
-set_celery_executor(execute_celery)

@@ -1,16 +1,19 @@
-"""Run a ``compat.celery`` task (or any object with Celery's Task interface) without Celery.
+"""The adapter of ``compat.celery`` tasks (any object with Celery's Task interface), no Celery.
 
 The contract with ``compat.celery``: the task object has ``run``, ``push_request(**request)``
 and ``pop_request()``, Celery's option attributes (``autoretry_for``, ``retry_kwargs``,
 ``retry_backoff``, ``retry_backoff_max``, ``retry_jitter``, ``ignore_result``,
-``track_started``, ``time_limit``, ``soft_time_limit``) and optional hooks
-(``before_start``, ``on_success``, ``on_failure``, ``on_retry``, ``after_return``).
-``retry()`` checks
-``max_retries`` and raises a ``Retry`` (an exception class named ``Retry`` with ``exc``,
-``when`` and, optionally, ``message``: the next attempt's ``TaskMessage``) without
-publishing anything: this executor publishes the retry (the same id, ``retries + 1``), the
-callbacks and the next chain step through ``Outcome.publish``. The request pushed for a
-run also carries ``message``, the ``TaskMessage`` being run.
+``store_errors_even_if_ignored``, ``track_started``, ``time_limit``, ``soft_time_limit``)
+and optional hooks (``before_start``, ``on_success``, ``on_failure``, ``on_retry``,
+``after_return``). ``retry()`` checks ``max_retries`` and raises a ``Retry`` (an exception
+class named ``Retry`` with ``exc``, ``when`` and, optionally, ``message``: the next attempt's
+``TaskMessage``) without publishing anything. The request pushed for a run also carries
+``message``, the ``TaskMessage`` being run.
+
+The adapter calls the task and returns a ``Verdict`` with ``results="ours"``: ``settle``
+stores the result, publishes the retry (the same id, ``retries + 1``), the callbacks and
+the next chain step, then runs the task's hooks (``Verdict.after``, with the request pushed
+again, as Celery's tracer runs them inside the task's request).
 """
 
 from __future__ import annotations
@@ -24,10 +27,9 @@ from typing import Any
 from django_ray import celery_format as fmt
 from django_ray import results
 from django_ray.message import TaskMessage
-from django_ray.result_stores import ResultStore
-from django_ray.runtime.celery_exec import rejected, retry_eta
-from django_ray.runtime.execute import Outcome, error_info, json_result
-from django_ray.runtime.follow_ups import on_success
+from django_ray.runtime.celery_exec import retry_eta
+from django_ray.runtime.execute import json_result
+from django_ray.runtime.settle import Verdict
 from django_ray.runtime.time_limits import (
     HardTimeLimit,
     Terminated,
@@ -37,7 +39,7 @@ from django_ray.runtime.time_limits import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExceptionInfo", "run_compat_task"]
+__all__ = ["ExceptionInfo", "run"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,53 +51,57 @@ class ExceptionInfo:
     traceback: str
 
 
-def run_compat_task(task: Any, message: TaskMessage, record: Any, worker_id: str) -> Outcome:
-    """Run ``task`` for ``message`` once and store its outcome."""
-    hostname = fmt.node_name(worker_id)
-    target = results.store()
+def run(task: Any, message: TaskMessage, record: Any) -> Verdict:
+    """Run ``task`` for ``message``'s attempt (the record is RUNNING); return the verdict."""
+    hostname = fmt.node_name(record.worker_ids[-1])
     soft_exc, hard_exc = limit_exceptions(celery=False)
     hard = message.time_limit or getattr(task, "time_limit", None)
     soft = message.soft_time_limit or getattr(task, "soft_time_limit", None)
     ignore = message.ignore_result
     if ignore is None:
         ignore = bool(getattr(task, "ignore_result", False))
-    record.mark_running(worker_id)
     if getattr(task, "track_started", False) and not ignore:
-        target.started(message, hostname)
-    request = fmt.request_dict(message, hostname=hostname, broker_priority=None)
+        results.store().started(message, hostname)
+    request = {**fmt.request_dict(message, hostname=hostname, broker_priority=None)}
+    hooks = _Hooks(task, message, request)
     task.push_request(**request, message=message)
     try:
         with time_limits(hard, soft, soft_exc=soft_exc, task_id=message.id):
             value = _call(task, message)
     except KeyboardInterrupt:
-        # Stopped at once: the message goes back to the broker; the record waits READY.
-        record.mark_ready()
-        raise
+        raise  # a forced stop: no verdict
     except Terminated:
-        logger.warning("Terminated %s[%s] at a client's request.", message.task, message.id)
-        record.mark_revoked("terminated")
-        publish = tuple(results.mirror(record, message))
-        return Outcome(
-            task_id=message.id, status=record.status, publish=publish, error="terminated"
-        )
+        return Verdict(state="terminated", results="ours")
     except HardTimeLimit as e:
         logger.error(
             "Hard time limit (%ss) exceeded for %s[%s].", e.seconds, message.task, message.id
         )
-        return _failed(task, message, record, target, hard_exc(fmt.plain_number(e.seconds)), ignore)
+        return _failed(task, hooks, hard_exc(fmt.plain_number(e.seconds)), ignore)
     except BaseException as exc:  # SystemExit and MemoryError too: the attempt FAILED
         names = {cls.__name__ for cls in type(exc).__mro__}
         if "Retry" in names:
-            return _retried(task, message, record, target, exc)
+            return _retried(message, hooks, exc)
         if "Ignore" in names:
-            record.mark_ready()
-            return Outcome(task_id=message.id, status=record.status)
+            return Verdict(state="ignored", results="ours")
         if "Reject" in names:
-            return rejected(message, record, exc)
-        return _failed(task, message, record, target, exc, ignore)
+            requeue = bool(getattr(exc, "requeue", False))
+            return Verdict(state="rejected", results="ours", error=exc, requeue=requeue)
+        return _failed(task, hooks, exc, ignore)
     finally:
         task.pop_request()
-    return _succeeded(task, message, record, target, value, ignore)
+    try:
+        value = json_result(value)
+    except TypeError as e:
+        return _failed(task, hooks, e, ignore)
+    args, kwargs = list(message.args), dict(message.kwargs)
+
+    def succeeded() -> None:
+        hooks("on_success", value, message.id, args, kwargs)
+        hooks("after_return", "SUCCESS", value, message.id, args, kwargs, None)
+
+    return Verdict(
+        state="succeeded", results="ours", value=value, store_result=not ignore, after=succeeded
+    )
 
 
 def _call(task: Any, message: TaskMessage) -> Any:
@@ -136,91 +142,61 @@ def _retry_kwargs(task: Any, retries: int) -> dict[str, Any]:
     return kwargs
 
 
-def _succeeded(
-    task: Any,
-    message: TaskMessage,
-    record: Any,
-    target: ResultStore,
-    value: Any,
-    ignore: bool,
-) -> Outcome:
-    try:
-        value = json_result(value)
-    except TypeError as e:
-        return _failed(task, message, record, target, e, ignore)
-    try:
-        follow_ups = on_success(message, value)
-    except Exception as e:  # a signature that cannot be applied (NotSupported included)
-        logger.error("Task %s [%s]: callbacks not sent: %s", message.task, message.id, e)
-        follow_ups = []
-    children = [m.id for m in follow_ups]
-    record.mark_successful(value, children=children)
-    try:
-        follow_ups += target.done(message, value, children=children, store=not ignore)
-    except Exception:
-        logger.exception("Storing the result of %s [%s] failed.", message.task, message.id)
-    _hook(task, "on_success", value, message.id, list(message.args), dict(message.kwargs))
-    _after_return(task, "SUCCESS", value, message, None)
-    return Outcome(task_id=message.id, status=record.status, publish=tuple(follow_ups))
+def _failed(task: Any, hooks: _Hooks, exc: BaseException, ignore: bool) -> Verdict:
+    message = hooks.message
+    text = "".join(traceback.format_exception(exc))
+    einfo = ExceptionInfo(exc, type(exc), text)
+    args, kwargs = list(message.args), dict(message.kwargs)
 
+    def failed() -> None:
+        hooks("on_failure", exc, message.id, args, kwargs, einfo)
+        hooks("after_return", "FAILURE", exc, message.id, args, kwargs, einfo)
 
-def _failed(
-    task: Any,
-    message: TaskMessage,
-    record: Any,
-    target: ResultStore,
-    exc: BaseException,
-    ignore: bool,
-) -> Outcome:
-    error = error_info(exc)
-    record.mark_failed(error)
     store = not ignore or bool(getattr(task, "store_errors_even_if_ignored", False))
-    follow_ups: list[TaskMessage] = []
-    try:
-        follow_ups = target.failed(message, exc, error["traceback"], store=store)
-    except Exception:
-        logger.exception("Storing the failure of %s [%s] failed.", message.task, message.id)
-    einfo = ExceptionInfo(exc, type(exc), error["traceback"])
-    _hook(task, "on_failure", exc, message.id, list(message.args), dict(message.kwargs), einfo)
-    _after_return(task, "FAILURE", exc, message, einfo)
-    return Outcome(
-        task_id=message.id, status=record.status, publish=tuple(follow_ups),
-        error=error["exception_class_path"],
-    )  # fmt: skip
+    return Verdict(state="failed", results="ours", error=exc, store_result=store, after=failed)
 
 
-def _retried(
-    task: Any, message: TaskMessage, record: Any, target: ResultStore, retry: BaseException
-) -> Outcome:
+def _retried(message: TaskMessage, hooks: _Hooks, retry: BaseException) -> Verdict:
     reason = getattr(retry, "exc", None)
-    cause = reason if isinstance(reason, BaseException) else retry
+    reason = reason if isinstance(reason, BaseException) else None
+    cause = reason or retry
     again = getattr(retry, "message", None)
     if not isinstance(again, TaskMessage):  # retry() left the next attempt to us
         when = getattr(retry, "when", None)
         again = message.replace(retries=message.retries + 1, eta=retry_eta(when))
-    record.mark_retrying(error_info(cause), retries=again.retries, eta=again.eta)
     text = "".join(traceback.format_exception(retry))
-    try:
-        target.retried(message, reason if isinstance(reason, BaseException) else None, text)
-    except Exception:
-        logger.exception("Storing the retry of %s [%s] failed.", message.task, message.id)
     einfo = ExceptionInfo(retry, type(retry), text)
-    _hook(task, "on_retry", cause, message.id, list(message.args), dict(message.kwargs), einfo)
-    _after_return(task, "RETRY", cause, message, einfo)
-    return Outcome(task_id=message.id, status=record.status, publish=(again,))
-
-
-def _after_return(task: Any, state: str, value: Any, message: TaskMessage, einfo: Any) -> None:
     args, kwargs = list(message.args), dict(message.kwargs)
-    _hook(task, "after_return", state, value, message.id, args, kwargs, einfo)
+
+    def retried() -> None:
+        hooks("on_retry", cause, message.id, args, kwargs, einfo)
+        hooks("after_return", "RETRY", cause, message.id, args, kwargs, einfo)
+
+    return Verdict(
+        state="retry", results="ours", error=cause, again=again, reason=reason,
+        retry_traceback=text, after=retried,
+    )  # fmt: skip
 
 
-def _hook(task: Any, name: str, *args: Any) -> None:
-    """Call an optional task hook; its failure is logged, never changes the stored outcome."""
-    hook = getattr(task, name, None)
-    if hook is None:
-        return
-    try:
-        hook(*args)
-    except Exception:
-        logger.exception("The %s hook of %s failed.", name, getattr(task, "name", task))
+class _Hooks:
+    """Call a task's optional hooks inside its request, as Celery's tracer does.
+
+    A hook's failure is logged; it never changes the stored outcome.
+    """
+
+    def __init__(self, task: Any, message: TaskMessage, request: dict[str, Any]) -> None:
+        self.task, self.message, self.request = task, message, request
+
+    def __call__(self, name: str, *args: Any) -> None:
+        hook = getattr(self.task, name, None)
+        if hook is None:
+            return
+        self.task.push_request(**self.request, message=self.message)
+        try:
+            hook(*args)
+        except Exception:
+            logger.exception(
+                "The %s hook of %s failed.", name, getattr(self.task, "name", self.task)
+            )
+        finally:
+            self.task.pop_request()

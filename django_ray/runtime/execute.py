@@ -24,12 +24,11 @@ import json
 import logging
 import traceback
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from django_ray.message import TaskMessage
 from django_ray.runtime import bootstrap
-from django_ray.runtime.settle import Outcome
+from django_ray.runtime.settle import Outcome, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +77,6 @@ def json_result(value: Any) -> Any:
         raise TypeError("Task return value is not JSON-serializable: nested too deeply.") from None
 
 
-# A runner for Celery-style tasks plugs in here (see django_ray.runtime.celery_exec).
-CeleryExecutor = Callable[..., Outcome]
-_celery_executor: CeleryExecutor | None = None
-
-
-def set_celery_executor(executor: CeleryExecutor) -> None:
-    global _celery_executor
-    _celery_executor = executor
-
-
 def execute(message: TaskMessage, *, worker_id: str) -> Outcome:
     """Run ``message`` once and store the outcome in its ``TaskRecord``."""
     bootstrap.ensure_ready()
@@ -99,19 +88,22 @@ def execute(message: TaskMessage, *, worker_id: str) -> Outcome:
 
 
 def _execute(message: TaskMessage, worker_id: str) -> Outcome:
+    from django.tasks.exceptions import InvalidTask, InvalidTaskBackend
     from django.utils import timezone
 
     from django_ray import registry, results
     from django_ray.exceptions import NotRegistered
     from django_ray.records import record_for
-    from django_ray.runtime import settle
+    from django_ray.runtime import django_exec, settle
 
+    # resolve
     try:
         entry = registry.resolve(message.task)
     except NotRegistered as e:
         logger.error("Refused task %s [%s]: %s", message.task, message.id, e)
         return settle.failed(message, e, with_traceback=False, reason=str(e))
 
+    # guard
     record = record_for(message)
     if record.is_finished:
         logger.info("Task %s [%s] already %s; skipping.", message.task, message.id, record.status)
@@ -127,49 +119,21 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
     if results.is_revoked(message.id, check_database=False):  # the record was just read
         return settle.revoked(message, "revoked", record=record)
 
-    try:
-        if entry.kind == "django":
-            return _run_django(entry.obj, message, record, worker_id)
-        if _celery_executor is None:
-            from django_ray.runtime import celery_exec  # noqa: F401  (registers the executor)
-        assert _celery_executor is not None
-        return _celery_executor(entry, message, record, worker_id)
-    except KeyboardInterrupt:
-        raise  # a forced stop: no outcome, the message goes back to the broker
-    except BaseException as e:
-        # The adapter did not settle it (SystemExit from the task, a failure while storing
-        # or building follow-ups): FAILED, once. A record the adapter finished stays.
-        logger.exception("Task %s [%s] ended outside its adapter.", message.task, message.id)
-        return settle.failed(message, e)
+    task = entry.obj
+    if entry.kind == "django":
+        try:
+            task = django_exec.bind(task, record)
+        except (InvalidTask, InvalidTaskBackend) as e:
+            # The message asks for what TASKS does not allow here (an unknown backend alias,
+            # a queue outside QUEUES): the task cannot start, which Django calls FAILED.
+            logger.error("Refused task %s [%s]: %s", message.task, message.id, e)
+            return settle.failed(message, e, record=record, with_traceback=False, reason=str(e))
 
-
-def _run_django(task: Any, message: TaskMessage, record: Any, worker_id: str) -> Outcome:
-    from django.tasks import TaskContext
-    from django.tasks.exceptions import InvalidTask, InvalidTaskBackend
-    from django.tasks.signals import task_finished, task_started
-    from django.utils import timezone
-
-    from django_ray.records import to_task_result
-    from django_ray.runtime import settle
-
-    try:
-        task = task.using(
-            priority=record.priority, queue_name=record.queue, backend=record.backend or None
-        )
-    except (InvalidTask, InvalidTaskBackend) as e:
-        # The message asks for what TASKS does not allow here (an unknown backend alias, a
-        # queue outside QUEUES): the task cannot start, which Django calls FAILED.
-        logger.error("Refused task %s [%s]: %s", message.task, message.id, e)
-        return settle.failed(message, e, record=record, with_traceback=False, reason=str(e))
-    sender = type(task.get_backend())
+    # run, then settle
     record.mark_running(worker_id)
-    result = to_task_result(record, task)
-    _send(task_started, sender, result)
     try:
-        args = (
-            (TaskContext(task_result=result), *record.args) if task.takes_context else record.args
-        )
-        value = json_result(_call_with_limit(task, message, args, record.kwargs))
+        verdict = _adapter(entry.kind, task)(task, message, record)
+        return settle.settle(message, record, verdict)
     except KeyboardInterrupt:
         # Stopped at once (a second SIGTERM): no outcome, the message goes back to the
         # broker, and the record waits READY for its next delivery instead of staying RUNNING.
@@ -177,53 +141,26 @@ def _run_django(task: Any, message: TaskMessage, record: Any, worker_id: str) ->
             record.mark_ready()
         raise
     except BaseException as e:
-        error = error_info(e)
-        max_attempts = getattr(task, "max_attempts", 1) or 1
-        if record.attempts < max_attempts:
-            delay = _retry_delay(task, record.attempts)
-            eta = timezone.now() + timedelta(seconds=delay)
-            record.mark_retrying(error, retries=message.retries + 1, eta=eta)
-            logger.warning(
-                "Task %s [%s] failed attempt %d/%d; retrying in %.1fs.",
-                message.task, message.id, record.attempts, max_attempts, delay,
-            )  # fmt: skip
-            retry = message.replace(retries=message.retries + 1, eta=eta)
-            return Outcome(task_id=message.id, status=record.status, publish=(retry,))
-        record.mark_failed(error)
-        _send(task_finished, sender, to_task_result(record, task))
-        return Outcome(
-            task_id=message.id, status=record.status, error=error["exception_class_path"]
-        )
-    record.mark_successful(value)
-    _send(task_finished, sender, to_task_result(record, task))
-    return Outcome(task_id=message.id, status=record.status)
+        # What no adapter turned into a verdict (a failure in Celery's tracer, SystemExit
+        # that the tracer re-raises, an error while writing the outcome): FAILED, once.
+        # A record that was already written stays as it is.
+        logger.exception("Task %s [%s] failed outside its adapter.", message.task, message.id)
+        return settle.failed(message, e)
 
 
-def _call_with_limit(task: Any, message: TaskMessage, args: Any, kwargs: Any) -> Any:
-    """Call the task, ending it at its hard time limit (SIGALRM, on the main thread)."""
-    from django_ray.exceptions import TaskTimeLimitExceeded
-    from django_ray.runtime.time_limits import HardTimeLimit, time_limits
+def _adapter(kind: str, task: Any) -> Callable[[Any, TaskMessage, Any], Verdict]:
+    """Return the adapter that calls ``task``: Django's, Celery's tracer, or compat's."""
+    if kind == "django":
+        from django_ray.runtime import django_exec
 
-    limit = message.time_limit or getattr(task, "time_limit", None)
-    try:
-        with time_limits(limit, None, soft_exc=TaskTimeLimitExceeded, task_id=message.id):
-            return task.call(*args, **kwargs)
-    except HardTimeLimit as e:
-        raise TaskTimeLimitExceeded(
-            f"Task {message.id} exceeded its {e.seconds}s time limit."
-        ) from None
+        return django_exec.run
+    from django_ray.runtime import celery_exec
 
+    if celery_exec.is_celery_task(task):
+        return celery_exec.run
+    from django_ray.runtime import compat_exec
 
-def _retry_delay(task: Any, attempts: int) -> float:
-    base = float(getattr(task, "retry_delay", 0) or 0)
-    return base * (2 ** (attempts - 1)) if getattr(task, "retry_backoff", False) else base
-
-
-def _send(signal: Any, sender: type, result: Any) -> None:
-    """Send a task signal; a failing receiver is logged, never corrupts the task's state."""
-    for receiver, response in signal.send_robust(sender=sender, task_result=result):
-        if isinstance(response, Exception):
-            logger.error("Receiver %r of %s failed.", receiver, signal, exc_info=response)
+    return compat_exec.run
 
 
 def _json_safe(value: Any) -> Any:

@@ -144,7 +144,7 @@ def test_before_start_is_called_before_the_task_body(eager: None) -> None:
 @pytest.mark.timeout(30)
 def test_reject_with_requeue_is_bounded(eager: None) -> None:
     from django_ray.exceptions import RequeueLimitExceeded
-    from django_ray.runtime.celery_exec import MAX_REJECT_REQUEUES
+    from django_ray.runtime.settle import MAX_REJECT_REQUEUES
 
     result = compat_tasks.reject_always.delay()
     assert result.state == states.FAILURE
