@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,15 +24,9 @@ from django_ray.models import TaskRecord
 from tests import tasks
 from tests.conftest import run_worker, worker_command, worker_env
 from tests.services import require_redis
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -48,9 +41,9 @@ def test_a_killed_worker_loses_nothing(broker_url: str, tmp_path: Path) -> None:
         env=worker_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        wait_for(
+        wait_until(
             lambda: TaskRecord.objects.filter(pk=result.id, status="RUNNING").exists(),
-            30, "the first worker to start the task",
+            "the first worker to start the task", timeout=30,
         )  # fmt: skip
         first.send_signal(signal.SIGKILL)
     finally:
@@ -94,7 +87,7 @@ def private_redis(tmp_path: Path) -> Iterator[Any]:
                  "--appendonly", "no", "--dir", str(tmp_path)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-            wait_for(lambda: _answers(port), 10, "redis-server to start")
+            wait_until(lambda: _answers(port), "redis-server to start")
 
         def stop(self) -> None:
             if self.process is not None:
@@ -117,32 +110,41 @@ def _answers(port: int) -> bool:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_worker_survives_a_broker_restart(private_redis: Any, settings: Any) -> None:
+def test_worker_survives_a_broker_restart(
+    private_redis: Any, settings: Any, tmp_path: Path
+) -> None:
     settings.DJANGO_RAY = {**settings.DJANGO_RAY, "BROKER_URL": private_redis.url}
     queue = f"restart-{uuid.uuid4().hex[:8]}"
     env = worker_env()
     env["DJANGO_RAY_BROKER"] = private_redis.url
-    worker = subprocess.Popen(
-        worker_command(f"--queue={queue}", "--sync", "--max-tasks=2"),
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    log_path = tmp_path / "worker.log"
+
+    def log() -> str:
+        return log_path.read_text(errors="replace")
+
+    with log_path.open("wb") as out:
+        worker = subprocess.Popen(
+            worker_command(f"--queue={queue}", "--sync", "--max-tasks=2"),
+            env=env, stdout=subprocess.DEVNULL, stderr=out,
+        )  # fmt: skip
     try:
         before = tasks.add.using(queue_name=queue).enqueue(1, 2)
-        wait_for(lambda: _finished(before.id), 30, "the task sent before the restart")
+        wait_until(lambda: _finished(before.id), "the task sent before the restart", timeout=30)
 
         private_redis.stop()
-        time.sleep(2)  # the worker notices and retries with back-off
+        # The worker notices the broker is gone, and does not exit.
+        wait_until(lambda: "Broker connection lost" in log(), "the worker to notice", details=log)
         assert worker.poll() is None, "the worker died with the broker"
         private_redis.start()
 
         after = tasks.add.using(queue_name=queue).enqueue(3, 4)
-        wait_for(lambda: _finished(after.id), 60, "the task sent after the restart")
+        wait_until(lambda: _finished(after.id), "the task sent after the restart", timeout=60)
         assert worker.wait(timeout=30) == 0
     finally:
         if worker.poll() is None:
             worker.kill()
-        stderr = worker.communicate()[1]
-    assert "reconnect" in stderr.lower()
+            worker.wait(10)
+    assert "Reconnected to the broker" in log()
     after.refresh()
     assert after.return_value == 7
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from django_ray.models import TaskRecord, TaskStatus
 from tests import tasks
 from tests.conftest import run_worker, worker_command, worker_env
 from tests.inprocess import queue_size
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -45,13 +45,16 @@ class WorkerProcess:
         return "".join(self.lines)
 
     def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
+        """``wait_until(condition)``, failing at once if the worker exits meanwhile."""
+
+        def met() -> bool:
+            if condition():
+                return True
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker exited while waiting for {what}:\n{self.log}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}:\n{self.log}")
-            time.sleep(0.05)
+            return False
+
+        wait_until(met, what, timeout=timeout, details=lambda: self.log)
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,6 +15,7 @@ from tests.celery_interop import cw_tasks
 from tests.celery_interop.celery_app import QUEUE, RUN, app
 from tests.celery_interop.conftest import OTHER_QUEUE
 from tests.celery_interop.workers import RunningWorker, result_meta, stored_meta, unique
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.redis
 TIMEOUT = 10
@@ -136,10 +136,10 @@ def test_task_record_is_written_too(worker: RunningWorker) -> None:
     with pytest.raises(ValueError):
         bad.get(timeout=TIMEOUT)
     # Celery's tracer stores the client's result first; the record follows within moments.
-    deadline = time.monotonic() + 10
-    while TaskRecord.objects.unfinished().filter(pk__in=[ok.id, bad.id]).exists():
-        assert time.monotonic() < deadline, "the TaskRecord never finished"
-        time.sleep(0.05)
+    wait_until(
+        lambda: not TaskRecord.objects.unfinished().filter(pk__in=[ok.id, bad.id]).exists(),
+        "both TaskRecords to finish",
+    )
     record = TaskRecord.objects.get(pk=ok.id)
     assert (record.status, record.return_value, record.origin) == (
         TaskStatus.SUCCESSFUL,
