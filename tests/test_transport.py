@@ -26,6 +26,7 @@ from django_ray.transport import (
 from tests import tasks
 from tests.inprocess import queue_size
 from tests.services import ALL_BROKERS
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,11 +49,13 @@ class Collector:
         self.broker.consume([queue], self.messages.append, prefetch=1)
 
     def next(self, timeout: float = 5) -> Any:
-        deadline = time.monotonic() + timeout
         count = len(self.messages)
-        while len(self.messages) == count and time.monotonic() < deadline:
-            self.broker.drain(timeout=0.2)
-        assert len(self.messages) > count, "no message arrived"
+
+        def arrived() -> bool:
+            self.broker.drain(timeout=0.2)  # waits in the broker; returns when one comes
+            return len(self.messages) > count
+
+        wait_until(arrived, "a message", timeout=timeout, interval=0)
         return self.messages[-1]
 
     def nothing(self, wait: float = 0.5) -> bool:
@@ -194,10 +197,7 @@ def test_redis_consumer_blocks_in_brpop(broker_url: str, queue: str, collector: 
     result: list[bool] = []
     waiting = threading.Thread(target=lambda: result.append(collector.broker.drain(timeout=10)))
     waiting.start()
-    deadline = time.monotonic() + 5
-    while not brpop_clients() - before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert brpop_clients() - before, "the consumer does not wait in BRPOP"
+    wait_until(lambda: brpop_clients() - before, "the consumer to wait in BRPOP", timeout=5)
     Broker(broker_url).publish(message_for(queue))  # delivered into the blocked call
     waiting.join(10)
     assert result == [True]
