@@ -231,9 +231,42 @@ def test_only_one_mode_at_a_time() -> None:
         call_command("django_ray_worker", "--sync", "--local", "--batch")
 
 
-def test_runner_registry() -> None:
-    assert set(MODES) == {"sync", "local", "cluster", "job"}
-    assert get_runner_class("sync") is SyncRunner
+# How the worker command selects each mode (no mode option: Ray Job mode).
+MODE_ARGS = {
+    "sync": ["--sync"],
+    "local": ["--local"],
+    "cluster": ["--cluster=127.0.0.1:6380"],
+    "job": [],
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_mode_is_accepted_by_the_command_and_builds_its_runner(
+    mode: str, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """The command builds the runner MODES names for the mode, and hands it to the Worker."""
+    from django_ray.management.commands import django_ray_worker
+
+    settings.DJANGO_RAY = {**settings.DJANGO_RAY, "RAY_ADDRESS": "http://127.0.0.1:8265"}
+    built: list[Any] = []
+
+    class NoRun:  # the runner is built, never started: no Ray is needed
+        def __init__(self, *, runner: Any, **options: Any) -> None:
+            built.append(runner)
+
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr(django_ray_worker, "Worker", NoRun)
+    assert mode in MODE_ARGS, f"No worker command option selects the {mode!r} mode."
+    call_command("django_ray_worker", *MODE_ARGS[mode], "--batch", "--worker-id=modes")
+    [runner] = built
+    assert type(runner) is get_runner_class(mode)
+    assert f"{type(runner).__module__}:{type(runner).__qualname__}" == MODES[mode]
+    assert (runner.mode, runner.worker_id) == (mode, "modes")
+
+
+def test_an_unknown_mode_is_refused() -> None:
     with pytest.raises(ModeNotAvailable, match="Unknown execution mode 'bogus'"):
         get_runner_class("bogus")
 
