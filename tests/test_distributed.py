@@ -28,6 +28,7 @@ from django_ray.runtime.distributed import (
     scatter_gather,
 )
 from tests.raycluster import ROOT, RayHead, free_port, ray_head_fixture, require_ray
+from tests.waiting import wait_until
 
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
 
@@ -87,9 +88,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def no_ray(clean_env: Path) -> None:
+    """No Ray in this process: a connection an earlier test left open is closed."""
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
-        pytest.skip("Ray was left initialised by another test")
+        shutdown()
 
 
 def run_python(code: str, *args: str, home: Path) -> tuple[dict[str, Any], str]:
@@ -163,7 +165,7 @@ def test_auth_env_sources(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 @pytest.mark.ray
 def test_lazy_connect_fails_clearly_for_a_dead_ray_address(
-    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+    no_ray: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     require_ray()
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")
@@ -175,14 +177,32 @@ def test_lazy_connect_fails_clearly_for_a_dead_ray_address(
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[dict[str, Any]]:
-    ray = require_ray()
-    if ray.is_initialized():
-        pytest.skip("Ray was left initialised by another test")
+def module_ray() -> Iterator[dict[str, Any]]:
+    """Hold the info of the local Ray this module starts (``local_ray``); stop it at the end."""
+    require_ray()
+    info: dict[str, Any] = {}
     with pytest.MonkeyPatch.context() as patch:  # Ray exports RAY_AUTH_MODE=token itself
         hide_ray_env(patch)
-        yield init_local(num_cpus=2, include_dashboard=False)
-        shutdown()
+        yield info
+        if info:
+            shutdown()
+
+
+@pytest.fixture
+def local_ray(module_ray: dict[str, Any]) -> dict[str, Any]:
+    """This module's local Ray (2 CPUs) in this process, whichever tests ran before.
+
+    Started once for the module, and again if a test closed it; any other Ray connection
+    left in the process is closed first.
+    """
+    ray = require_ray()
+    ours = module_ray.get("address")
+    if not (ray.is_initialized() and ours and ray.get_runtime_context().gcs_address == ours):
+        if ray.is_initialized():
+            shutdown()
+        module_ray.clear()
+        module_ray.update(init_local(num_cpus=2, include_dashboard=False))
+    return dict(module_ray)
 
 
 @pytest.mark.ray
@@ -206,16 +226,21 @@ def test_ray_reraises_original_exception_and_cancels_the_rest(
         parallel_map(explode_on(0, tmp_path), range(20), max_in_flight=4)
     assert type(caught.value) is Boom
     assert isinstance(caught.value.__cause__, RayTaskError)  # carries the remote traceback
+
+    def marks() -> list[str]:
+        return sorted(p.name for p in tmp_path.iterdir())
+
+    def all_interrupted() -> tuple[list[str], set[str]] | None:
+        now = marks()
+        started = {m.split("-")[1] for m in now if m.startswith("started-")}
+        interrupted = {m.split("-")[1] for m in now if m.startswith("interrupted-")}
+        return (now, started) if started == interrupted else None
+
     try:  # every call that had started gets interrupted; the others never run
-        deadline = time.monotonic() + 10
-        while True:
-            marks = sorted(p.name for p in tmp_path.iterdir())
-            started = {m.split("-")[1] for m in marks if m.startswith("started-")}
-            if started == {m.split("-")[1] for m in marks if m.startswith("interrupted-")}:
-                break
-            assert time.monotonic() < deadline, f"running calls were not cancelled: {marks}"
-            time.sleep(0.05)
-        assert len(started) <= 3 and not any(m.startswith("done-") for m in marks), marks
+        seen, started = wait_until(
+            all_interrupted, "the running calls to be cancelled", details=lambda: str(marks())
+        )
+        assert len(started) <= 3 and not any(m.startswith("done-") for m in seen), seen
     finally:
         (tmp_path / "release").touch()
 
@@ -315,9 +340,12 @@ def test_job_entrypoint_fans_out_on_its_cluster(ray_head: RayHead) -> None:
         entrypoint=f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}",
         runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
     )
-    deadline = time.monotonic() + 45
-    while client.get_job_status(job_id).value not in {"SUCCEEDED", "FAILED", "STOPPED"}:
-        assert time.monotonic() < deadline, client.get_job_logs(job_id)
-        time.sleep(0.5)
+    wait_until(
+        lambda: client.get_job_status(job_id).value in {"SUCCEEDED", "FAILED", "STOPPED"},
+        "the job to end",
+        timeout=45,
+        interval=0.5,
+        details=lambda: client.get_job_logs(job_id),
+    )
     logs = client.get_job_logs(job_id)
     assert "RESULT [1, 2, 3, 4] 2" in logs, logs
