@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from django_ray.message import TaskMessage
 from django_ray.models import TaskRecord
 from tests import tasks
 from tests.conftest import run_worker, worker_env
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -59,10 +59,13 @@ def test_same_attempt_is_submitted_once(
     second.start()
     second.submit(message, delivery="second")
 
-    done = []
-    deadline = time.monotonic() + 90
-    while len(done) < 2 and time.monotonic() < deadline:
-        done += first.poll(0.2) + second.poll(0.2)
+    done: list[Any] = []
+
+    def both_completed() -> bool:
+        done.extend(first.poll(0.2) + second.poll(0.2))  # each waits up to 0.2 s
+        return len(done) >= 2
+
+    wait_until(both_completed, "both submissions to complete", timeout=90, interval=0)
     assert sorted(c.delivery for c in done) == ["first", "second"]
     assert {c.outcome.status for c in done} == {"SUCCESSFUL"}
     jobs = [j for j in first.client.list_jobs() if j.submission_id == submission_id(message)]

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from tests import tasks
 from tests.conftest import worker_command, worker_env
 from tests.inprocess import queue_size
 from tests.raycluster import RayHead, ray_head_fixture
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -32,14 +31,6 @@ own_head = ray_head_fixture(scope="function", name="own_head")
 def finished(result: TaskResult) -> bool:
     result.refresh()
     return result.is_finished
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Timed out after {timeout:.0f} s waiting for {what}.")
-        time.sleep(0.2)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -62,12 +53,17 @@ def test_worker_gives_tasks_back_and_reconnects_when_ray_head_dies(
             command, env=worker_env(**own_head.env()), stdout=out, stderr=subprocess.STDOUT
         )
     try:
-        wait_for(started.exists, "the first attempt to start", timeout=60)
+        wait_until(started.exists, "the first attempt to start", timeout=60, details=log)
         own_head.stop()
 
         # The attempt is not recorded as finished, its message waits in the broker again,
         # and the worker keeps trying to reconnect instead of exiting.
-        wait_for(lambda: "Reconnecting to Ray failed" in log(), "a failed reconnection")
+        wait_until(
+            lambda: "Reconnecting to Ray failed" in log(),
+            "a failed reconnection",
+            timeout=30,
+            details=log,
+        )
         assert worker.poll() is None, log()
         running.refresh()
         # SIGTERM ended the attempt unrecorded: READY again (RUNNING had it been SIGKILLed).
@@ -76,9 +72,13 @@ def test_worker_gives_tasks_back_and_reconnects_when_ray_head_dies(
         assert queue_size(queue) == 1
 
         own_head.restart()
-        wait_for(lambda: "Reconnected to Ray" in log(), "the reconnection", timeout=60)
+        wait_until(
+            lambda: "Reconnected to Ray" in log(), "the reconnection", timeout=60, details=log
+        )
         after = tasks.add.using(queue_name=queue).enqueue(2, 3)
-        wait_for(lambda: finished(running) and finished(after), "both tasks", timeout=60)
+        wait_until(
+            lambda: finished(running) and finished(after), "both tasks", timeout=60, details=log
+        )
         # Still stoppable as usual: reconnecting kept the worker's own SIGTERM handler.
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
