@@ -34,6 +34,11 @@ MODES = ["sync", "local", "cluster", "job"]
 @pytest.fixture(scope="module")
 def project() -> Any:
     """Import the project's modules in this (client) process, as its web processes do."""
+    from celery import _state
+
+    # The project's app becomes Celery's current app on import: give the previous one back
+    # afterwards, or later tests' shared tasks would send through this project's app.
+    current, default = getattr(_state._tls, "current_app", None), _state.default_app
     sys.path.insert(0, str(PROJECT))
     try:
         import celeryproj.tasks  # noqa: F401  (the client imports the tasks it calls)
@@ -44,6 +49,7 @@ def project() -> Any:
         yield {"celery": app, "shop": shop_tasks, "compat": compat_tasks}
     finally:
         sys.path.remove(str(PROJECT))
+        _state._tls.current_app, _state.default_app = current, default
 
 
 def project_env(redis_url: str) -> dict[str, str]:
