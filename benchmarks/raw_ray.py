@@ -33,7 +33,8 @@ def rate(fn, count: int) -> float:  # type: ignore[no-untyped-def]
 
 if __name__ == "__main__":
     count_noop, count_cpu = int(sys.argv[1]), int(sys.argv[2])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": never attach to a cluster some earlier `ray start` left behind.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     result = {"noop": rate(noop, count_noop), "cpu": rate(cpu_20ms, count_cpu)}
     ray.shutdown()
     print(json.dumps(result))
