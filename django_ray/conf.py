@@ -44,6 +44,9 @@ DEFAULTS: dict[str, Any] = {
     "RAY_ENV_VARS": [],
     # Seconds between two status polls of a running Ray job.
     "JOB_POLL_INTERVAL": 0.1,
+    # A message delivered this many times without an outcome (its worker died each time)
+    # is recorded FAILED and dead-lettered to "<queue>.dead-letter". None: no cap.
+    "MAX_DELIVERIES": 5,
 }
 
 

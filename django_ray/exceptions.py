@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.core.exceptions import ImproperlyConfigured
 
 __all__ = [
+    "DeliveryLimitExceeded",
     "DjangoRayError",
     "ImproperlyConfiguredRay",
     "MalformedMessage",
@@ -52,6 +53,10 @@ class ModeNotAvailable(DjangoRayError):
 
 class TaskTimeLimitExceeded(DjangoRayError):
     """A task ran past its hard time limit and was stopped."""
+
+
+class DeliveryLimitExceeded(DjangoRayError):
+    """A message was delivered ``MAX_DELIVERIES`` times and never reached an outcome."""
 
 
 class RequeueLimitExceeded(DjangoRayError):

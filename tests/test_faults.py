@@ -23,7 +23,7 @@ from django.tasks import TaskResultStatus
 from django_ray.models import TaskRecord
 from tests import tasks
 from tests.conftest import run_worker, worker_command, worker_env
-from tests.services import require_redis
+from tests.services import ALL_BROKERS, require_redis
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -151,3 +151,31 @@ def test_worker_survives_a_broker_restart(
 
 def _finished(task_id: str) -> bool:
     return TaskRecord.objects.filter(pk=task_id, status="SUCCESSFUL").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@ALL_BROKERS
+def test_a_message_that_kills_every_worker_is_dead_lettered(broker_url: str, queue: str) -> None:
+    from tests.inprocess import queue_size
+
+    result = tasks.crash_always.using(queue_name=queue).enqueue()
+    env = {"DJANGO_RAY_VISIBILITY_TIMEOUT": "1", "DJANGO_RAY_MAX_DELIVERIES": "3"}
+    exits = []
+
+    def next_worker_finishes_it() -> bool:
+        proc = run_worker(f"--queue={queue}", "--sync", "--batch", timeout=60, **env)
+        exits.append(proc.returncode)
+        result.refresh()
+        return result.status == TaskResultStatus.FAILED
+
+    wait_until(next_worker_finishes_it, "the crash-looping message to be dead-lettered", timeout=60)
+
+    # Three workers died starting it (a batch worker may also find it still invisible and
+    # exit 0); the fourth delivery was refused, and that worker lived.
+    assert exits.count(17) == 3
+    assert exits[-1] == 0
+    assert len(result.worker_ids) == 3
+    error = result.errors[-1]
+    assert error.exception_class_path == "django_ray.exceptions.DeliveryLimitExceeded"
+    assert queue_size(f"{queue}.dead-letter") == 1
+    assert queue_size(queue) == 0

@@ -118,6 +118,9 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
         return settle.revoked(message, "expired", record=record)
     if results.is_revoked(message.id, check_database=False):  # the record was just read
         return settle.revoked(message, "revoked", record=record)
+    if record.status == "RUNNING" and _over_delivery_cap(record):
+        # Every earlier delivery started it and none finished: its worker died each time.
+        return settle.dead_letter(message, record)
 
     task = entry.obj
     if entry.kind == "django":
@@ -146,6 +149,15 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
         # A record that was already written stays as it is.
         logger.exception("Task %s [%s] failed outside its adapter.", message.task, message.id)
         return settle.failed(message, e)
+
+
+def _over_delivery_cap(record: Any) -> bool:
+    from django_ray import conf
+
+    cap = conf.get("MAX_DELIVERIES")
+    # Attempts started without an outcome: each finished attempt recorded an error or ended.
+    unfinished = len(record.worker_ids) - len(record.errors)
+    return bool(cap) and unfinished >= int(cap)
 
 
 def _adapter(kind: str, task: Any) -> Callable[[Any, TaskMessage, Any], Verdict]:

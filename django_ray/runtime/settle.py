@@ -37,10 +37,12 @@ from django_ray.message import TaskMessage
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEAD_LETTER_SUFFIX",
     "MAX_REJECT_REQUEUES",
     "REQUEUE_HEADER",
     "Outcome",
     "Verdict",
+    "dead_letter",
     "duplicate",
     "failed",
     "lost",
@@ -252,6 +254,30 @@ def revoked(message: TaskMessage, reason: str, *, record: Any = None) -> Outcome
     record.mark_revoked(reason)
     publish = tuple(results.mirror(record, message))
     return Outcome(task_id=message.id, status=record.status, publish=publish, error=reason)
+
+
+DEAD_LETTER_SUFFIX = ".dead-letter"
+
+
+def dead_letter(message: TaskMessage, record: Any) -> Outcome:
+    """Record FAILED a message that never reached an outcome, and park it in its dead-letter
+    queue (``<queue>.dead-letter``: nothing consumes it; an operator may send it back)."""
+    from django_ray.exceptions import DeliveryLimitExceeded
+
+    starts = len(record.worker_ids) - len(record.errors)
+    last = record.worker_ids[-1] if record.worker_ids else "?"
+    error = DeliveryLimitExceeded(
+        f"Task {message.task!r} [{message.id}] was delivered {starts} times without finishing "
+        f"(last worker {last}): its worker died each time. It is dead-lettered to queue "
+        f"{message.queue + DEAD_LETTER_SUFFIX!r}."
+    )
+    logger.error("%s", error)
+    outcome = failed(message, error, record=record, with_traceback=False, reason="dead-lettered")
+    parked = message.replace(queue=message.queue + DEAD_LETTER_SUFFIX, eta=None)
+    return Outcome(
+        task_id=outcome.task_id, status=outcome.status, publish=(*outcome.publish, parked),
+        error=outcome.error,
+    )  # fmt: skip
 
 
 def time_limit(message: TaskMessage) -> Outcome:

@@ -102,6 +102,8 @@ DJANGO_RAY = {
     # A real Celery app to take task names and the result backend from (Celery interop).
     "CELERY_APP": os.environ.get("DJANGO_RAY_CELERY_APP") or None,
 }
+if os.environ.get("DJANGO_RAY_MAX_DELIVERIES"):
+    DJANGO_RAY["MAX_DELIVERIES"] = int(os.environ["DJANGO_RAY_MAX_DELIVERIES"])
 if os.environ.get("DJANGO_RAY_VISIBILITY_TIMEOUT"):
     # Seconds before an unacknowledged message is delivered again (django:// and Redis).
     _visibility = float(os.environ["DJANGO_RAY_VISIBILITY_TIMEOUT"])
