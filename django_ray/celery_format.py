@@ -17,6 +17,7 @@ from typing import Any
 from django_ray.message import TaskMessage
 
 __all__ = [
+    "CELERY_EXCEPTION_NAMES",
     "EXCEPTION_STATES",
     "READY_STATES",
     "encode_exception",
@@ -45,6 +46,16 @@ WIRE_MODULES = {
     "django_ray.runtime.time_limits.TimeLimitExceeded": "billiard.exceptions",
     **{f"compat.celery.exceptions.{name}": "billiard.exceptions" for name in _BILLIARD},
     **{f"compat.celery.exceptions.{name}": "celery.exceptions" for name in _CELERY},
+}
+
+
+# Errors of ours that a Celery client knows under Celery's name (the one table: the worker's
+# result mirror and compat.celery's exception rebuild both read it).
+CELERY_EXCEPTION_NAMES: dict[str, tuple[str, str]] = {
+    "django_ray.exceptions.NotRegistered": ("celery.exceptions", "NotRegistered"),
+    "django_ray.exceptions.MalformedMessage": ("celery.exceptions", "InvalidTaskError"),
+    "django_ray.exceptions.TaskTimeLimitExceeded": ("billiard.exceptions", "TimeLimitExceeded"),
+    "django_ray.exceptions.WorkerLost": ("billiard.exceptions", "WorkerLostError"),
 }
 
 

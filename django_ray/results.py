@@ -33,13 +33,7 @@ _stores: dict[tuple[Any, ...], ResultStore] = {}
 # Ids revoked in this process, newest last (the records keep them for every process).
 _revoked: dict[str, None] = {}
 MAX_REVOKED_IN_MEMORY = 50_000
-# Errors of ours that a Celery client knows under Celery's name.
-CELERY_NAMES = {
-    "django_ray.exceptions.NotRegistered": ("celery.exceptions", "NotRegistered"),
-    "django_ray.exceptions.MalformedMessage": ("celery.exceptions", "InvalidTaskError"),
-    "django_ray.exceptions.TaskTimeLimitExceeded": ("billiard.exceptions", "TimeLimitExceeded"),
-    "django_ray.exceptions.WorkerLost": ("billiard.exceptions", "WorkerLostError"),
-}
+CELERY_NAMES = fmt.CELERY_EXCEPTION_NAMES
 
 
 def store() -> ResultStore:

@@ -12,18 +12,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from compat.celery import exceptions
+from django_ray.celery_format import CELERY_EXCEPTION_NAMES
 
 __all__ = ["ALIASES", "exception_from_error"]
 
-# Errors django-ray stores under its own class paths, shown as Celery's exceptions.
+# Errors django-ray stores under its own class paths, shown as Celery's exceptions (compat's
+# classes of the same names).
 ALIASES: dict[str, type[BaseException]] = {
-    "django_ray.exceptions.NotRegistered": exceptions.NotRegistered,
-    "django_ray.exceptions.TaskTimeLimitExceeded": exceptions.TimeLimitExceeded,
-    "django_ray.exceptions.WorkerLost": exceptions.WorkerLostError,
-    "django_ray.exceptions.MalformedMessage": exceptions.InvalidTaskError,
+    ours: getattr(exceptions, name) for ours, (_, name) in CELERY_EXCEPTION_NAMES.items()
 }
 # A real Celery worker (or our results mirror) stores Celery's own exceptions by these paths.
-CELERY_MODULES = ("celery.exceptions", "billiard.exceptions")
+CELERY_MODULES = tuple(sorted({module for module, _ in CELERY_EXCEPTION_NAMES.values()}))
 
 
 def exception_from_error(error: Mapping[str, Any] | None) -> BaseException:
