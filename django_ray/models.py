@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from typing import Any
 
@@ -124,43 +125,54 @@ class TaskRecord(models.Model):
     def last_error(self) -> dict[str, Any] | None:
         return self.errors[-1] if self.errors else None
 
-    # -- the state machine: each transition writes only the fields it changes -----
+    # -- the state machine ------------------------------------------------------
+    #
+    # Each transition writes only the fields it changes, and only if the row is still in
+    # the state this object last saw (its status and its attempt, ``last_attempted_at``):
+    # a fence. An outcome from an attempt that another delivery has superseded, or for a
+    # record that finished meanwhile, changes nothing: the transition returns False and
+    # the object is reloaded with what the database holds.
 
-    def mark_running(self, worker_id: str) -> None:
+    def mark_running(self, worker_id: str) -> bool:
         """Start an attempt: RUNNING, one more worker id, attempt timestamps."""
+        seen = self._seen()
         now = timezone.now()
         self.status = TaskStatus.RUNNING
         self.worker_ids = [*self.worker_ids, worker_id]
         self.started_at = self.started_at or now
         self.last_attempted_at = now
-        self.save(update_fields=["status", "worker_ids", "started_at", "last_attempted_at"])
+        return self._write(seen, "status", "worker_ids", "started_at", "last_attempted_at")
 
-    def mark_successful(self, return_value: Any, *, children: list[Any] | None = None) -> None:
+    def mark_successful(self, return_value: Any, *, children: list[Any] | None = None) -> bool:
+        seen = self._seen()
         self.status = TaskStatus.SUCCESSFUL
         self.return_value = return_value
         self.finished_at = timezone.now()
         self.children = children or []
-        self.save(update_fields=["status", "return_value", "finished_at", "children"])
+        return self._write(seen, "status", "return_value", "finished_at", "children")
 
-    def mark_failed(self, error: dict[str, Any] | None) -> None:
+    def mark_failed(self, error: dict[str, Any] | None) -> bool:
+        seen = self._seen()
         self.status = TaskStatus.FAILED
         if error is not None:
             self.errors = [*self.errors, error]
         self.finished_at = timezone.now()
-        self.save(update_fields=["status", "errors", "finished_at"])
+        return self._write(seen, "status", "errors", "finished_at")
 
     def mark_retrying(
         self, error: dict[str, Any] | None, *, retries: int, eta: datetime | None
-    ) -> None:
+    ) -> bool:
         """Wait for another attempt (READY to Django, RETRY to Celery)."""
+        seen = self._seen()
         self.status = TaskStatus.RETRYING
         if error is not None:
             self.errors = [*self.errors, error]
         self.retries = retries
         self.run_after = eta
-        self.save(update_fields=["status", "errors", "retries", "run_after"])
+        return self._write(seen, "status", "errors", "retries", "run_after")
 
-    def mark_revoked(self, reason: str) -> None:
+    def mark_revoked(self, reason: str) -> bool:
+        seen = self._seen()
         self.status = TaskStatus.REVOKED
         self.errors = [
             *self.errors,
@@ -171,12 +183,31 @@ class TaskRecord(models.Model):
             },
         ]
         self.finished_at = timezone.now()
-        self.save(update_fields=["status", "errors", "finished_at"])
+        return self._write(seen, "status", "errors", "finished_at")
 
-    def mark_ready(self) -> None:
+    def mark_ready(self) -> bool:
         """Put a lost attempt back to READY so the redelivered message can run."""
+        seen = self._seen()
         self.status = TaskStatus.READY
-        self.save(update_fields=["status"])
+        return self._write(seen, "status")
+
+    def _seen(self) -> Q:
+        """The state this object last saw: its status and its attempt."""
+        attempt = (
+            Q(last_attempted_at=self.last_attempted_at)
+            if self.last_attempted_at is not None
+            else Q(last_attempted_at__isnull=True)
+        )
+        return Q(pk=self.pk, status=self.status) & attempt
+
+    def _write(self, seen: Q, *fields: str) -> bool:
+        """Write ``fields`` if the row is still as ``seen``; else reload and return False."""
+        changes = {name: getattr(self, name) for name in fields}
+        if type(self).objects.filter(seen).update(**changes):
+            return True
+        with contextlib.suppress(TaskRecord.DoesNotExist):  # deleted meanwhile (the admin)
+            self.refresh_from_db()
+        return False
 
 
 class QueueMessageQuerySet(models.QuerySet["QueueMessage"]):

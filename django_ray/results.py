@@ -126,8 +126,9 @@ def revoke(task_ids: Iterable[str], *, reason: str = "revoked") -> list[str]:
             continue
         # The Celery result is written when the message comes up (runtime.execute), as a
         # Celery worker does: a task already running on another worker is not misreported.
-        record.mark_revoked(reason)
-        marked.append(task_id)
+        # (A worker that started it meanwhile wins: the fenced write changes nothing.)
+        if record.mark_revoked(reason):
+            marked.append(task_id)
     return marked
 
 

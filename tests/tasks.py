@@ -159,3 +159,12 @@ def resources_default() -> dict[str, float]:
 def job_entrypoint_cpu() -> str:
     """In Ray Job mode, its job reserves one CPU for the entrypoint."""
     return "reserved"
+
+
+@task(max_attempts=2, takes_context=True)
+def slow_to_fail_first(context: TaskContext, seconds: float) -> int:
+    """Fail the first attempt late (after ``seconds``); succeed at once on the next."""
+    if context.attempt == 1:
+        time.sleep(seconds)
+        raise CustomError("the first attempt fails, late")
+    return context.attempt

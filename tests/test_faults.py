@@ -23,6 +23,7 @@ from django.tasks import TaskResultStatus
 from django_ray.models import TaskRecord
 from tests import tasks
 from tests.conftest import run_worker, worker_command, worker_env
+from tests.inprocess import queue_size
 from tests.services import ALL_BROKERS, require_redis
 from tests.waiting import wait_until
 
@@ -156,8 +157,6 @@ def _finished(task_id: str) -> bool:
 @pytest.mark.django_db(transaction=True)
 @ALL_BROKERS
 def test_a_message_that_kills_every_worker_is_dead_lettered(broker_url: str, queue: str) -> None:
-    from tests.inprocess import queue_size
-
     result = tasks.crash_always.using(queue_name=queue).enqueue()
     env = {"DJANGO_RAY_VISIBILITY_TIMEOUT": "1", "DJANGO_RAY_MAX_DELIVERIES": "3"}
     exits = []
@@ -178,4 +177,40 @@ def test_a_message_that_kills_every_worker_is_dead_lettered(broker_url: str, que
     error = result.errors[-1]
     assert error.exception_class_path == "django_ray.exceptions.DeliveryLimitExceeded"
     assert queue_size(f"{queue}.dead-letter") == 1
+    assert queue_size(queue) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("broker_url", ["django", "redis"], indirect=True)
+def test_a_late_outcome_never_overwrites_a_finished_record(broker_url: str, queue: str) -> None:
+    # The first worker's attempt outlives the visibility timeout: the message is delivered
+    # again, the second worker's attempt succeeds at once; then the first attempt fails.
+    result = tasks.slow_to_fail_first.using(queue_name=queue).enqueue(3)
+    env = {"DJANGO_RAY_VISIBILITY_TIMEOUT": "1"}
+    first = subprocess.Popen(
+        worker_command(f"--queue={queue}", "--sync", "--max-tasks=1", "--worker-id=slow"),
+        env=worker_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: TaskRecord.objects.filter(pk=result.id, status="RUNNING").exists(),
+            "the first worker to start the task", timeout=30,
+        )  # fmt: skip
+        second = run_worker(
+            f"--queue={queue}", "--sync", "--max-tasks=1", "--worker-id=fast", timeout=60, **env
+        )
+        _, first_log = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=10)
+
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert first.returncode == 0, first_log[-2000:]
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == 2
+    assert result.worker_ids == ["slow", "fast"]
+    assert result.errors == []  # the late failure was dropped, not recorded
+    assert "outcome is dropped" in first_log
     assert queue_size(queue) == 0

@@ -133,7 +133,8 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
             return settle.failed(message, e, record=record, with_traceback=False, reason=str(e))
 
     # run, then settle
-    record.mark_running(worker_id)
+    if not record.mark_running(worker_id):  # another worker moved it on since it was read
+        return settle.superseded(message, record)
     try:
         verdict = _adapter(entry.kind, task)(task, message, record)
         return settle.settle(message, record, verdict)

@@ -48,6 +48,7 @@ __all__ = [
     "lost",
     "revoked",
     "settle",
+    "superseded",
     "time_limit",
 ]
 
@@ -96,7 +97,7 @@ class Verdict:
 def settle(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
     """Write ``verdict`` for ``message``'s attempt and return what the worker does next."""
     outcome = _SETTLERS[verdict.state](message, record, verdict)
-    if verdict.after is not None:
+    if verdict.after is not None and not outcome.duplicate:
         try:
             verdict.after()
         except Exception:
@@ -115,7 +116,8 @@ def _succeeded(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
         children = [m.id for m in follow_ups]
     elif verdict.results == "tracer":
         children = _embedded_ids(message)
-    record.mark_successful(verdict.value, children=children)
+    if not record.mark_successful(verdict.value, children=children):
+        return superseded(message, record)
     if verdict.results == "ours":
         follow_ups += _guarded(
             message, "storing the result failed", _store().done, message, verdict.value,
@@ -132,7 +134,8 @@ def _failed(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
     info = error_info(error)
     if verdict.traceback is not None:
         info["traceback"] = verdict.traceback
-    record.mark_failed(info)
+    if not record.mark_failed(info):
+        return superseded(message, record)
     follow_ups: list[TaskMessage] = []
     if verdict.results == "ours":
         follow_ups = _guarded(
@@ -153,7 +156,8 @@ def _retry(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
     retries = again.retries if again is not None else message.retries + 1
     eta = again.eta if again is not None else verdict.eta
     info = error_info(verdict.error) if verdict.error is not None else None
-    record.mark_retrying(info, retries=retries, eta=eta)
+    if not record.mark_retrying(info, retries=retries, eta=eta):
+        return superseded(message, record)
     if verdict.results == "ours":
         _guarded(
             message, "storing the retry failed", _store().retried, message, verdict.reason,
@@ -174,7 +178,8 @@ def _rejected(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
         count = message.headers.get(REQUEUE_HEADER)
         count = count if isinstance(count, int) and not isinstance(count, bool) else 0
         if count < MAX_REJECT_REQUEUES:
-            record.mark_ready()
+            if not record.mark_ready():
+                return superseded(message, record)
             again = message.replace(headers={**message.headers, REQUEUE_HEADER: count + 1})
             return Outcome(task_id=message.id, status=record.status, publish=(again,))
         error = RequeueLimitExceeded(
@@ -185,20 +190,23 @@ def _rejected(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
         logger.error("%s", error)
         return failed(message, error, record=record, with_traceback=False, reason="Reject")
     cause = verdict.error if verdict.error is not None else RuntimeError("rejected")
-    record.mark_failed(error_info(cause))
+    if not record.mark_failed(error_info(cause)):
+        return superseded(message, record)
     return Outcome(task_id=message.id, status=record.status, error="Reject")
 
 
 def _ignored(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
     # E.g. Celery's Task.replace(): its replacement runs under the same id.
-    record.mark_ready()
+    if not record.mark_ready():
+        return superseded(message, record)
     return Outcome(task_id=message.id, status=record.status)
 
 
 def _terminated(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
     logger.warning("Terminated %s [%s] at a client's request.", message.task, message.id)
     if verdict.results == "tracer":  # Celery's backend already holds REVOKED
-        record.mark_revoked("terminated")
+        if not record.mark_revoked("terminated"):
+            return superseded(message, record)
         return Outcome(task_id=message.id, status=record.status, error="terminated")
     return revoked(message, "terminated", record=record)
 
@@ -219,6 +227,16 @@ _SETTLERS: dict[State, Callable[[TaskMessage, Any, Verdict], Outcome]] = {
 def duplicate(record: Any) -> Outcome:
     """The outcome of a delivery whose record had already finished: nothing changes."""
     return Outcome(task_id=record.id, status=record.status, duplicate=True)
+
+
+def superseded(message: TaskMessage, record: Any) -> Outcome:
+    """The outcome of an attempt whose record another attempt or worker moved on meanwhile
+    (the fence refused the write): logged and dropped; the record stays as it is."""
+    logger.warning(
+        "Task %s [%s]: the record moved on to %s meanwhile (a later delivery, or another "
+        "worker); this attempt's outcome is dropped.", message.task, message.id, record.status,
+    )  # fmt: skip
+    return duplicate(record)
 
 
 def failed(
@@ -251,7 +269,8 @@ def revoked(message: TaskMessage, reason: str, *, record: Any = None) -> Outcome
     record = _fresh(message) if record is None else record
     if record.is_finished:
         return duplicate(record)
-    record.mark_revoked(reason)
+    if not record.mark_revoked(reason):
+        return superseded(message, record)
     publish = tuple(results.mirror(record, message))
     return Outcome(task_id=message.id, status=record.status, publish=publish, error=reason)
 
@@ -297,8 +316,9 @@ def lost(message: TaskMessage, worker_id: str, reason: str) -> Outcome:
     record = _fresh(message)
     if record.is_finished:
         return duplicate(record)
-    if record.status != "RUNNING":  # it died before execute() recorded the attempt
-        record.mark_running(worker_id)
+    if record.status != "RUNNING" and not record.mark_running(worker_id):
+        # It died before execute() recorded the attempt, and another worker moved it on.
+        return superseded(message, record)
     exc = WorkerLost(f"The process running task {message.id} died: {reason}")
     if record.attempts < max_attempts(message):
         logger.warning("Task %s [%s] lost (%s); retrying.", message.task, message.id, reason)
