@@ -13,8 +13,10 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 from django.db import DatabaseError
@@ -87,6 +89,11 @@ class Worker:
         # so that a message given back to the broker is not retried in a hot loop.
         self._pause = 0.0
         self._paused_until = 0.0
+        # What Celery's inspect/stats see (read from the control thread): the messages
+        # submitted and not yet collected, with their start times, and finished tasks by name.
+        self._tracked_lock = threading.Lock()
+        self._active: dict[str, tuple[TaskMessage, float]] = {}
+        self._totals: Counter[str] = Counter()
 
     @property
     def worker_id(self) -> str:
@@ -108,9 +115,9 @@ class Worker:
         bootstrap.ensure_ready()
         self.runner.start()
         self.broker.consume(self.queues, self._on_message, prefetch=self.runner.concurrency)
-        # Celery clients' AsyncResult.revoke(), heard on a thread of its own.
+        # Celery's remote control (revoke, inspect, shutdown), heard on a thread of its own.
         control_listener = control.start(
-            self.broker, worker_id=self.worker_id, terminate=self.runner.terminate
+            self.broker, worker_id=self.worker_id, terminate=self.runner.terminate, worker=self
         )
         logger.info(
             "Worker %s consuming %s from %s (%s).",
@@ -231,7 +238,13 @@ class Worker:
                 return
             raw.ack()
             return
-        self.runner.submit(message, raw)
+        with self._tracked_lock:
+            self._active[message.id] = (message, time.time())
+        try:
+            self.runner.submit(message, raw)
+        except BaseException:
+            self._untrack(message.id)
+            raise
         self._collect(self.runner.poll(0))
 
     def _refuse(self, raw: Any, error: MalformedMessage) -> None:
@@ -252,6 +265,7 @@ class Worker:
 
     def _collect(self, completions: list[Completion]) -> None:
         for done in completions:
+            self._untrack(done.message.id, finished=done.outcome is not None and done.error is None)
             if done.error is not None or done.outcome is None:
                 logger.error("Task %s [%s] was not completed (%s); returning it to the broker.",
                              done.message.task, done.message.id, done.error,
@@ -265,6 +279,31 @@ class Worker:
             self._safe(done.delivery.ack)
             self.processed += 1
             logger.info("Task %s [%s] %s.", done.message.task, done.message.id, done.outcome.status)
+
+    # -- what Celery's remote control sees (called from the control thread) -------
+
+    def active_tasks(self) -> list[tuple[TaskMessage, float]]:
+        """Return the messages in flight and when each was submitted (epoch seconds)."""
+        with self._tracked_lock:
+            return list(self._active.values())
+
+    def task_totals(self) -> dict[str, int]:
+        """Return how many tasks of each name finished here (their outcome stored)."""
+        with self._tracked_lock:
+            return dict(self._totals)
+
+    def request_stop(self, reason: str) -> None:
+        """Stop as on SIGTERM: take no more messages, let running tasks finish, exit 0.
+
+        ``reason`` is logged by the caller (Celery's ``control shutdown``: the control thread).
+        """
+        self.stopping = True
+
+    def _untrack(self, task_id: str, *, finished: bool = False) -> None:
+        with self._tracked_lock:
+            message, _ = self._active.pop(task_id, (None, 0.0))
+            if finished and message is not None:
+                self._totals[message.task] += 1
 
     def _back_off(self) -> None:
         """Pause consuming, longer each time in a row (0.5 s up to 10 s)."""
