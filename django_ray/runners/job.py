@@ -165,7 +165,7 @@ class JobRunner(BaseRunner):
         if status == "SUCCEEDED" or record.is_finished or record.status == "RETRYING":
             return settle.Outcome(task_id=job.message.id, status=record.status)
         if job.deadline is not None and time.monotonic() >= job.deadline:
-            return settle.time_limit(job.message)
+            return settle.time_limit(job.message, self.worker_id)
         text = self._job_text(submission_id(job.message))
         setup_failure = next(
             (line for line in text.splitlines() if line.startswith(SETUP_FAILED_TAG)), None

@@ -284,7 +284,7 @@ class LocalRunner(BaseRunner):
 
     def _lost(self, item: _InFlight, error: BaseException) -> settle.Outcome:
         if item.deadline is not None and time.monotonic() >= item.deadline:
-            return settle.time_limit(item.message)
+            return settle.time_limit(item.message, self.worker_id)
         return settle.lost(item.message, self.worker_id, type(error).__name__)
 
     def _enforce_time_limits(self) -> None:

@@ -299,12 +299,19 @@ def dead_letter(message: TaskMessage, record: Any) -> Outcome:
     )  # fmt: skip
 
 
-def time_limit(message: TaskMessage) -> Outcome:
+def time_limit(message: TaskMessage, worker_id: str) -> Outcome:
     """Record FAILED for an attempt the runner stopped at its hard time limit."""
     from django_ray.exceptions import TaskTimeLimitExceeded
 
+    record = _fresh(message)
+    if record.is_finished:
+        return duplicate(record)
+    if record.status != "RUNNING" and not record.mark_running(worker_id):
+        # Stopped before its process recorded the attempt (a slow job start), and another
+        # worker moved it on meanwhile.
+        return superseded(message, record)
     exc = TaskTimeLimitExceeded(f"Task {message.id} exceeded its {message.time_limit}s time limit.")
-    return failed(message, exc, reason="time limit")
+    return failed(message, exc, record=record, reason="time limit")
 
 
 def lost(message: TaskMessage, worker_id: str, reason: str) -> Outcome:
