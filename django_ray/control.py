@@ -23,12 +23,23 @@ go to the client's ``reply_to``, keyed by node name, see ``celery/worker/control
 
 Other commands (``hello`` from a starting Celery worker, ``rate_limit``, ``pool_grow``...)
 get no reply, as an unknown command gets none from a Celery worker.
+
+With events on (``django_ray_worker -E``, or Celery's ``worker_send_task_events``: the
+``CELERY_WORKER_SEND_TASK_EVENTS`` setting), ``EventSender`` sends Celery's events as a
+Celery worker does (``celery.events.EventDispatcher``, so only where Celery is installed):
+``worker-online``, ``worker-heartbeat`` every 2 s, ``worker-offline``, and per task
+``task-received``, ``task-started``, then ``task-succeeded``, ``task-failed``,
+``task-retried`` or ``task-revoked``; a ``heartbeat`` command gets one at once. Flower and
+``celery events`` then show the worker and its tasks. The worker's thread only queues them;
+a thread of their own publishes them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import platform
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -44,10 +55,14 @@ from django_ray.runtime import time_limits
 if TYPE_CHECKING:
     from django_ray.message import TaskMessage
     from django_ray.runners import BaseRunner
+    from django_ray.runtime.settle import Outcome
 
 logger = logging.getLogger("django_ray.control")
 
-__all__ = ["COMMANDS", "ControlListener", "WorkerView", "request_info", "start"]
+__all__ = [
+    "COMMANDS", "ControlListener", "EventSender", "WorkerView", "events_enabled",
+    "request_info", "start",
+]  # fmt: skip
 
 # Brokers that carry Celery's pidbox fanout.
 CONTROL_BROKERS = frozenset({"redis", "amqp"})
@@ -80,6 +95,15 @@ class WorkerView(Protocol):
     def request_stop(self, reason: str) -> None:
         """Stop as on SIGTERM: take no more messages, let running tasks finish."""
         ...
+
+    def watch(self, observer: TaskObserver) -> None:
+        """Call ``observer`` as each task is started and as it ends."""
+        ...
+
+
+# ``("started", message, None)`` when a task is handed to the runner, ``("finished",
+# message, outcome)`` when it ends (outcome None: the runner failed, the message goes back).
+TaskObserver = Callable[[str, "TaskMessage", "Outcome | None"], None]
 
 
 def request_info(
@@ -123,6 +147,7 @@ class ControlListener(threading.Thread):
         namespace: str = "celery",
         terminate: Callable[[str], bool] = time_limits.terminate,
         worker: WorkerView | None = None,
+        events: EventSender | None = None,
     ) -> None:
         super().__init__(name="django-ray-control", daemon=True)
         self.connection = connection
@@ -130,6 +155,7 @@ class ControlListener(threading.Thread):
         self.namespace = namespace
         self.terminate = terminate
         self.worker = worker
+        self.events = events
         self.clock = LamportClock()
         self.started = time.monotonic()
         self.ready = threading.Event()
@@ -144,10 +170,14 @@ class ControlListener(threading.Thread):
             "revoke": self._revoke,
             "shutdown": self._shutdown,
         }
+        if events is not None:  # ``celery events`` and Flower ask for one as they start
+            self.handlers["heartbeat"] = self._heartbeat
 
     def stop(self, timeout: float = 0.0) -> None:
         """Ask the thread to end (within ``POLL_SECONDS``); wait up to ``timeout`` for it."""
         self._stopping.set()
+        if self.events is not None:  # a moment for its worker-offline to go out
+            self.events.stop(max(timeout, 1.0))
         if timeout:
             self.join(timeout)
 
@@ -248,6 +278,10 @@ class ControlListener(threading.Thread):
 
     # -- control ----------------------------------------------------------------
 
+    def _heartbeat(self, state: Any, **_: Any) -> None:
+        if self.events is not None:
+            self.events.beat()
+
     def _shutdown(self, state: Any, msg: str = "Got shutdown from remote", **_: Any) -> Any:
         if self.worker is None:
             return {"error": "this worker cannot be stopped remotely"}
@@ -285,6 +319,138 @@ class ControlListener(threading.Thread):
             return False
 
 
+class EventSender(threading.Thread):
+    """Send Celery's worker and task events from a daemon thread until ``stop()``."""
+
+    HEARTBEAT_SECONDS = 2.0  # Celery's worker heartbeat interval
+
+    def __init__(
+        self, connection: Connection, *, hostname: str, worker: WorkerView, app: Any = None
+    ) -> None:
+        super().__init__(name="django-ray-events", daemon=True)
+        self.connection = connection
+        self.hostname = hostname
+        self.worker = worker
+        self.app = app
+        self._queue: queue.SimpleQueue[tuple[str, dict[str, Any]] | None] = queue.SimpleQueue()
+        self._start_times: dict[str, float] = {}  # task id -> monotonic start, for ``runtime``
+        self._stopped = threading.Event()
+
+    # -- called from the worker's thread -----------------------------------------
+
+    def on_task(self, phase: str, message: TaskMessage, outcome: Outcome | None) -> None:
+        """Queue the events of a task being ``started`` or ``finished`` (``TaskObserver``)."""
+        if phase == "started":
+            self._start_times[message.id] = time.monotonic()
+            self._put("task-received", _received_fields(message))
+            self._put("task-started", {"uuid": message.id})  # pid: the dispatcher's
+            return
+        started = self._start_times.pop(message.id, None)
+        if outcome is None or outcome.duplicate:
+            return
+        from django_ray.models import TaskStatus
+
+        fields: dict[str, Any] = {"uuid": message.id}
+        if outcome.status == TaskStatus.SUCCESSFUL:
+            runtime = time.monotonic() - started if started is not None else 0.0
+            self._put("task-succeeded", {**fields, "result": None, "runtime": runtime})
+        elif outcome.status == TaskStatus.FAILED:
+            self._put("task-failed", {**fields, "exception": outcome.error, "traceback": None})
+        elif outcome.status == TaskStatus.RETRYING:
+            self._put("task-retried", {**fields, "exception": outcome.error, "traceback": None})
+        elif outcome.status == TaskStatus.REVOKED:
+            terminated, expired = outcome.error == "terminated", outcome.error == "expired"
+            self._put("task-revoked", {**fields, "terminated": terminated, "signum": None,
+                                       "expired": expired})  # fmt: skip
+
+    def beat(self) -> None:
+        """Send a worker heartbeat now (Celery's ``heartbeat`` control command)."""
+        self._put("worker-heartbeat", {})
+
+    def _put(self, kind: str, fields: dict[str, Any]) -> None:
+        if not self._stopped.is_set():
+            self._queue.put((kind, fields))
+
+    def stop(self, timeout: float = 0.0) -> None:
+        """Send ``worker-offline`` and end (waiting up to ``timeout`` for it)."""
+        if not self._stopped.is_set():
+            self._stopped.set()
+            self._queue.put(None)
+        if timeout:
+            self.join(timeout)
+
+    # -- the sender's thread ------------------------------------------------------
+
+    def run(self) -> None:
+        from celery.events import EventDispatcher
+
+        with self.connection.clone() as conn:
+            dispatcher = EventDispatcher(
+                conn, hostname=self.hostname, app=self.app, buffer_while_offline=False
+            )
+            self._send(dispatcher, "worker-online", self._worker_fields())
+            next_beat = time.monotonic() + self.HEARTBEAT_SECONDS
+            while True:
+                try:
+                    item = self._queue.get(timeout=max(0.0, next_beat - time.monotonic()))
+                except queue.Empty:
+                    item = ("worker-heartbeat", {})
+                if item is None:
+                    break
+                kind, fields = item
+                if kind == "worker-heartbeat":
+                    fields = self._worker_fields()
+                    next_beat = time.monotonic() + self.HEARTBEAT_SECONDS
+                self._send(dispatcher, kind, fields)
+            self._send(dispatcher, "worker-offline", self._worker_fields())
+            dispatcher.close()
+
+    def _worker_fields(self) -> dict[str, Any]:
+        from celery import __version__
+
+        return {
+            "freq": self.HEARTBEAT_SECONDS,
+            "active": len(self.worker.active_tasks()),
+            "processed": sum(self.worker.task_totals().values()),
+            "loadavg": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else [],
+            "sw_ident": "py-celery",  # what Flower and Celery's event state expect of a worker
+            "sw_ver": __version__,
+            "sw_sys": platform.system(),
+        }
+
+    def _send(self, dispatcher: Any, kind: str, fields: dict[str, Any]) -> None:
+        try:
+            dispatcher.send(kind, retry=True, retry_policy={"max_retries": 3}, **fields)
+        except Exception as e:  # an event is never worth stopping the worker for
+            logger.warning("Could not send the event %s (%s).", kind, e)
+
+
+def _received_fields(message: TaskMessage) -> dict[str, Any]:
+    return {
+        "uuid": message.id,
+        "name": message.task,
+        "args": repr(tuple(message.args)),
+        "kwargs": repr(dict(message.kwargs)),
+        "root_id": message.root_id or message.id,
+        "parent_id": message.parent_id,
+        "retries": message.retries,
+        "eta": message.eta.isoformat() if message.eta else None,
+        "expires": message.expires.isoformat() if message.expires else None,
+    }
+
+
+def events_enabled(requested: bool = False) -> bool:
+    """Return whether to send Celery's events: ``-E``, or Celery's own setting says so."""
+    from django.conf import settings
+
+    from django_ray import registry
+
+    if requested or getattr(settings, "CELERY_WORKER_SEND_TASK_EVENTS", False):
+        return True
+    app = registry.celery_app()
+    return bool(app is not None and app.conf.worker_send_task_events)
+
+
 def _broker_info(connection: Connection) -> dict[str, Any]:
     """Return the broker section of Celery's ``stats``: the connection, without secrets."""
     info: Mapping[str, Any] = connection.info()
@@ -310,13 +476,17 @@ def start(
     worker_id: str,
     terminate: Callable[[str], bool] | None = None,
     worker: WorkerView | None = None,
+    events: bool = False,
 ) -> ControlListener | None:
     """Start listening for Celery control commands on ``broker``'s server, if it has them.
 
     ``terminate(task_id)`` stops a running attempt (the runner's ``terminate``); ``worker``
-    tells what ``active``, ``stats`` and ``shutdown`` need.
+    tells what ``active``, ``stats`` and ``shutdown`` need. With ``events`` (or Celery's
+    setting, see ``events_enabled``) the worker's Celery events are sent too.
     """
     if broker.kind not in CONTROL_BROKERS:
+        if events:
+            logger.warning("Celery events need Redis or RabbitMQ; not sending them.")
         return None
     namespace = "celery"
     from django_ray import registry
@@ -324,12 +494,26 @@ def start(
     app = registry.celery_app()
     if app is not None:
         namespace = app.conf.control_exchange
+    sender = None
+    if worker is not None and events_enabled(events):
+        try:
+            import celery  # noqa: F401
+        except ImportError:
+            logger.warning("Celery events need Celery installed; not sending them.")
+        else:
+            sender = EventSender(
+                broker.connection, hostname=fmt.node_name(worker_id), worker=worker, app=app
+            )
+            worker.watch(sender.on_task)
+            sender.start()
+            logger.info("Sending Celery task events and worker heartbeats.")
     listener = ControlListener(
         broker.connection,
         hostname=fmt.node_name(worker_id),
         namespace=namespace,
         terminate=terminate or time_limits.terminate,
         worker=worker,
+        events=sender,
     )
     listener.start()
     return listener

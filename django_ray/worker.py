@@ -74,6 +74,7 @@ class Worker:
         batch: bool = False,
         max_tasks: int | None = None,
         install_signals: bool = True,
+        events: bool = False,
     ) -> None:
         self.queues = queues
         self.runner = runner
@@ -81,6 +82,7 @@ class Worker:
         self.batch = batch
         self.max_tasks = max_tasks
         self.install_signals = install_signals
+        self.events = events  # send Celery's task events and heartbeats (``-E``)
         self.processed = 0
         self.stopping = False
         self._cancelled = False
@@ -94,6 +96,7 @@ class Worker:
         self._tracked_lock = threading.Lock()
         self._active: dict[str, tuple[TaskMessage, float]] = {}
         self._totals: Counter[str] = Counter()
+        self._observers: list[control.TaskObserver] = []  # e.g. Celery's events (``-E``)
 
     @property
     def worker_id(self) -> str:
@@ -117,8 +120,9 @@ class Worker:
         self.broker.consume(self.queues, self._on_message, prefetch=self.runner.concurrency)
         # Celery's remote control (revoke, inspect, shutdown), heard on a thread of its own.
         control_listener = control.start(
-            self.broker, worker_id=self.worker_id, terminate=self.runner.terminate, worker=self
-        )
+            self.broker, worker_id=self.worker_id, terminate=self.runner.terminate, worker=self,
+            events=self.events,
+        )  # fmt: skip
         logger.info(
             "Worker %s consuming %s from %s (%s).",
             self.worker_id, ",".join(self.queues), self.broker.kind, self.runner.describe(),
@@ -240,10 +244,12 @@ class Worker:
             return
         with self._tracked_lock:
             self._active[message.id] = (message, time.time())
+        self._notify("started", message, None)
         try:
             self.runner.submit(message, raw)
         except BaseException:
             self._untrack(message.id)
+            self._notify("finished", message, None)
             raise
         self._collect(self.runner.poll(0))
 
@@ -265,7 +271,9 @@ class Worker:
 
     def _collect(self, completions: list[Completion]) -> None:
         for done in completions:
-            self._untrack(done.message.id, finished=done.outcome is not None and done.error is None)
+            outcome = done.outcome if done.error is None else None
+            self._untrack(done.message.id, finished=outcome is not None)
+            self._notify("finished", done.message, outcome)
             if done.error is not None or done.outcome is None:
                 logger.error("Task %s [%s] was not completed (%s); returning it to the broker.",
                              done.message.task, done.message.id, done.error,
@@ -298,6 +306,17 @@ class Worker:
         ``reason`` is logged by the caller (Celery's ``control shutdown``: the control thread).
         """
         self.stopping = True
+
+    def watch(self, observer: control.TaskObserver) -> None:
+        """Call ``observer(phase, message, outcome)`` as each task starts and ends."""
+        self._observers.append(observer)
+
+    def _notify(self, phase: str, message: TaskMessage, outcome: Any) -> None:
+        for observer in self._observers:
+            try:
+                observer(phase, message, outcome)
+            except Exception:
+                logger.exception("A task observer failed.")
 
     def _untrack(self, task_id: str, *, finished: bool = False) -> None:
         with self._tracked_lock:

@@ -34,7 +34,9 @@ from tests.conftest import ROOT
 from tests.services import REDIS_URL, require_rabbitmq
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.redis
+# Its workers write TaskRecords: pytest-django creates the test database only for a run
+# that collects a django_db test, so this module declares it (it may run alone).
+pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 TIMEOUT = 10
 NODE = node_name(f"cw-redis-{RUN}")  # the package's worker (conftest.worker)
 TASKS = "tests.celery_interop.cw_tasks"
@@ -130,7 +132,6 @@ def test_inspect_stats(worker: RunningWorker) -> None:
     assert stats["django_ray"]["worker_id"] == f"cw-redis-{RUN}"
 
 
-@pytest.mark.django_db(transaction=True)
 def test_cli_control_revoke(worker: RunningWorker, redis_client: redis.Redis) -> None:
     key = unique("cli-revoked")
     parked = cw_tasks.record_run.apply_async((key,), countdown=1)
