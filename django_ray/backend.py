@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.apps import apps
 from django.core import checks
 from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, router, transaction
@@ -26,11 +27,14 @@ from django.tasks.exceptions import TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 
 from django_ray import registry
-from django_ray.exceptions import NotRegistered
+from django_ray.exceptions import ImproperlyConfiguredRay, NotRegistered
 from django_ray.message import TaskMessage, new_task_id, normalize_arguments
-from django_ray.models import TaskRecord
-from django_ray.records import record_fields, to_task_result
 from django_ray.transport import publish
+
+# django_ray.models (TaskRecord) is imported where it is used: a project that forgot
+# "django_ray" in INSTALLED_APPS can still import its tasks modules and run `manage.py
+# check` (django_ray.E001), and gets ImproperlyConfiguredRay naming the fix on enqueue
+# instead of Django's RuntimeError about TaskRecord's app_label.
 
 __all__ = ["RayTask", "RayTaskBackend"]
 
@@ -85,6 +89,10 @@ class RayTaskBackend(BaseTaskBackend):
         return {**getattr(task, "ray_options", {}), **self.task_options.get(task.module_path, {})}
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
+        require_app()
+        from django_ray.models import TaskRecord
+        from django_ray.records import record_fields, to_task_result
+
         self.validate_task(task)
         # Rejects non-JSON arguments with TypeError before anything is written.
         args, kwargs = normalize_arguments(args, kwargs)
@@ -111,6 +119,10 @@ class RayTaskBackend(BaseTaskBackend):
         return await sync_to_async(self.enqueue, thread_sensitive=True)(task, args, kwargs)
 
     def get_result(self, result_id: str) -> TaskResult:
+        require_app()
+        from django_ray.models import TaskRecord
+        from django_ray.records import to_task_result
+
         try:
             record = TaskRecord.objects.get(pk=str(result_id), backend=self.alias)
         except (TaskRecord.DoesNotExist, ValidationError, ValueError, TypeError):
@@ -137,3 +149,12 @@ class RayTaskBackend(BaseTaskBackend):
         from django_ray.checks import check_backend
 
         return check_backend(self)
+
+
+def require_app() -> None:
+    """Raise ``ImproperlyConfiguredRay`` naming the fix if ``django_ray`` is not installed."""
+    if not apps.is_installed("django_ray"):
+        raise ImproperlyConfiguredRay(
+            "RayTaskBackend needs 'django_ray' in INSTALLED_APPS (its TaskRecord table stores "
+            "every task): add 'django_ray' to INSTALLED_APPS, then run `manage.py migrate`."
+        )

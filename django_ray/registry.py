@@ -17,6 +17,9 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,7 +28,7 @@ from django.tasks import Task
 from django.utils.module_loading import import_string
 
 from django_ray import conf
-from django_ray.exceptions import NotRegistered
+from django_ray.exceptions import ImproperlyConfiguredRay, NotRegistered
 
 logger = logging.getLogger(__name__)
 
@@ -59,22 +62,61 @@ def register_django_task(task: Task) -> None:
 
 
 def autodiscover() -> None:
-    """Import every ``<app>.tasks`` module, the ``TASK_MODULES`` and the Celery app's tasks."""
+    """Import every ``<app>.tasks`` module, the ``TASK_MODULES`` and the Celery app's tasks.
+
+    A module that fails to import raises ``ImproperlyConfiguredRay`` naming it, where it
+    comes from and the cause, so that a worker stops at start with that one message.
+    """
     global _discovered
     with _lock:
         if _discovered:
             return
         for config in apps.get_app_configs():
-            import_optional(f"{config.name}.tasks")
+            module = f"{config.name}.tasks"
+            with _loading(module, f"task module {module!r} of the installed app {config.label!r}"):
+                import_optional(module)
         for module in conf.get("TASK_MODULES"):
-            importlib.import_module(module)
-        app = celery_app()
-        if app is not None:
-            app.loader.import_default_modules()
-            app.autodiscover_tasks(lambda: [c.name for c in apps.get_app_configs()], force=True)
-        else:
+            with _loading(module, f"task module {module!r} in DJANGO_RAY['TASK_MODULES']"):
+                importlib.import_module(module)
+        path = conf.get("CELERY_APP")
+        app = None
+        with _loading(path or "", f"Celery app {path!r} of DJANGO_RAY['CELERY_APP']"):
+            app = celery_app()
+            if app is not None:
+                app.loader.import_default_modules()
+                app.autodiscover_tasks(lambda: [c.name for c in apps.get_app_configs()], force=True)
+        if app is None:
             _register_builtins()
         _discovered = True
+
+
+@contextmanager
+def _loading(module: str, what: str) -> Iterator[None]:
+    """Re-raise an error while loading ``what`` as ``ImproperlyConfiguredRay`` naming it."""
+    try:
+        yield
+    except ImproperlyConfiguredRay:
+        raise
+    except Exception as e:
+        missing = getattr(e, "name", None) if isinstance(e, ModuleNotFoundError) else None
+        if missing and (module == missing or module.startswith(f"{missing}.")):
+            headline = f"The {what} does not exist: correct the name or remove it."
+            cause = _cause(e, located=False)
+        else:
+            headline = f"The {what} failed to import: fix the cause below."
+            cause = _cause(e)
+        raise ImproperlyConfiguredRay(f"{headline}\n  Cause: {cause}") from e
+
+
+def _cause(error: BaseException, *, located: bool = True) -> str:
+    """Return ``error`` as ``Type: message (file, line N)``, the place where it was raised."""
+    if isinstance(error, SyntaxError):
+        return f"{type(error).__name__}: {error.msg} ({error.filename}, line {error.lineno})"
+    text = "".join(traceback.format_exception_only(error)).strip()
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "<frozen" not in f.filename]
+    if not located or not frames:
+        return text
+    return f"{text} ({frames[-1].filename}, line {frames[-1].lineno})"
 
 
 def resolve(name: str) -> Entry:

@@ -77,6 +77,17 @@ def test_backend_needs_the_app_installed() -> None:
     assert check_backend(backend) == []
 
 
+def test_without_the_app_enqueue_and_get_result_name_the_fix() -> None:
+    from django_ray.exceptions import ImproperlyConfiguredRay
+    from tests import tasks
+
+    with modify_settings(INSTALLED_APPS={"remove": ["django_ray"]}):
+        with pytest.raises(ImproperlyConfiguredRay, match="add 'django_ray' to INSTALLED_APPS"):
+            tasks.add.enqueue(1, 2)
+        with pytest.raises(ImproperlyConfiguredRay, match="INSTALLED_APPS"):
+            tasks.add.get_result("00000000-0000-0000-0000-000000000000")
+
+
 @pytest.mark.parametrize(
     ("setting", "expected"),
     [

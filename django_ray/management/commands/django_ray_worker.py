@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from django_ray.exceptions import DjangoRayError
+from django_ray.exceptions import DjangoRayError, ImproperlyConfiguredRay
 from django_ray.runners import get_runner_class
 from django_ray.worker import Worker, default_worker_id
 
@@ -58,11 +58,6 @@ class Command(BaseCommand):
         parser.add_argument("--worker-id", type=worker_id, default=None,
                             help="Id kept in worker_ids (default: host-pid-random).")  # fmt: skip
         parser.add_argument("--broker", default=None, help="Broker URL (default: from settings).")
-        parser.add_argument(
-            "-E", "--events", action="store_true",
-            help="Send Celery's task events and worker heartbeats (Flower, celery events; "
-            "Redis/RabbitMQ, needs Celery). Also on with CELERY_WORKER_SEND_TASK_EVENTS.",
-        )  # fmt: skip
 
     def handle(self, *args: Any, **options: Any) -> None:
         _configure_logging(options["verbosity"])
@@ -95,13 +90,26 @@ class Command(BaseCommand):
                 broker=Broker(options["broker"]) if options["broker"] else None,
                 batch=options["batch"],
                 max_tasks=options["max_tasks"],
-                events=options["events"],
             )
             code = worker.run()
         except DjangoRayError as e:
-            raise CommandError(str(e)) from e
+            raise CommandError(_explain(e)) from e
         if code:
             raise SystemExit(code)
+
+
+def _explain(error: DjangoRayError) -> str:
+    """Return the message to stop with: a configuration error in the causes says it best.
+
+    A broken task module reaches here as ``ProcessSetupFailed`` (the process could not be
+    prepared), whose cause, from ``registry.autodiscover()``, names the module and why.
+    """
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ImproperlyConfiguredRay):
+            return f"The worker cannot start. {cause}"
+        cause = cause.__cause__
+    return str(error)
 
 
 def _configure_logging(verbosity: int) -> None:
