@@ -58,6 +58,11 @@ class Command(BaseCommand):
         parser.add_argument("--worker-id", type=worker_id, default=None,
                             help="Id kept in worker_ids (default: host-pid-random).")  # fmt: skip
         parser.add_argument("--broker", default=None, help="Broker URL (default: from settings).")
+        parser.add_argument(
+            "-E", "--events", action="store_true",
+            help="Send Celery's task events and worker heartbeats (Flower, celery events; "
+            "Redis/RabbitMQ, needs Celery). Also on with CELERY_WORKER_SEND_TASK_EVENTS.",
+        )  # fmt: skip
 
     def handle(self, *args: Any, **options: Any) -> None:
         _configure_logging(options["verbosity"])
@@ -90,6 +95,7 @@ class Command(BaseCommand):
                 broker=Broker(options["broker"]) if options["broker"] else None,
                 batch=options["batch"],
                 max_tasks=options["max_tasks"],
+                events=options["events"],
             )
             code = worker.run()
         except DjangoRayError as e:
