@@ -218,3 +218,72 @@ def test_a_broken_task_module_stops_the_worker_with_one_clear_message(
     assert lines[0].startswith("CommandError: The worker cannot start. "), done.stderr
     for text in expected:
         assert text in done.stderr, done.stderr
+
+
+# -- 6. Worker logging -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_worker_log_lines_show_once_with_their_prefix_under_debug(project: Project) -> None:
+    project.settings(f"""
+        INSTALLED_APPS += ["django_ray", "myapp"]
+        TASKS = {{"default": {{"BACKEND": {BACKEND!r}}}}}
+        assert DEBUG
+    """)
+    project.write(
+        "myapp/tasks.py",
+        """
+        from django.tasks import task
+
+
+        @task
+        def add(x: int, y: int) -> int:
+            return x + y
+
+
+        @task
+        def fail() -> None:
+            raise ValueError("expected failure")
+        """,
+    )
+    assert project.manage("migrate", "-v", "0").returncode == 0
+    done = project.shell("from myapp.tasks import add, fail; add.enqueue(1, 2); fail.enqueue()")
+    assert done.returncode == 0, done.stderr
+    worker = project.manage("django_ray_worker", "--sync", "--batch")
+    assert worker.returncode == 0, worker.stderr
+    prefix = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: ")
+    records = [line for line in worker.stderr.splitlines() if prefix.match(line)]
+    # Each task's outcome is told once (django_ray.worker), not again by django.tasks.
+    told = [line for line in worker.stderr.splitlines() if "myapp.tasks.add" in line]
+    assert len(told) == 1, worker.stderr
+    # The failure is logged once with its traceback, under a prefixed ERROR line.
+    (error,) = [line for line in records if " ERROR " in line]
+    assert " ERROR django.tasks: " in error and "myapp.tasks.fail" in error, worker.stderr
+    after_error = worker.stderr.split(error, 1)[1].splitlines()
+    assert after_error[1].startswith("Traceback (most recent call last):"), worker.stderr
+    assert "ValueError: expected failure" in worker.stderr
+    # Nothing else is printed without the prefix: the traceback belongs to the ERROR line.
+    traceback_end = next(i for i, line in enumerate(after_error) if line.startswith("ValueError"))
+    assert all(prefix.match(line) for line in after_error[traceback_end + 1 :] if line.strip())
+    assert all(prefix.match(line) for line in worker.stderr.split(error, 1)[0].splitlines())
+
+
+def test_the_test_project_logs_each_line_once_with_the_worker_prefix() -> None:
+    code = (
+        "import logging\n"
+        "logging.getLogger('django_ray.worker').info('worker line')\n"
+        "try:\n    1 / 0\nexcept ZeroDivisionError:\n"
+        "    logging.getLogger('django.tasks').error('task failed', exc_info=True)\n"
+        "logging.getLogger('django.tasks').info('task started')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "testproject" / "manage.py"), "shell", "-v", "0", "-c", code],
+        env={**project_env(), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'testproject'}"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert re.fullmatch(r"\S+ \S+ INFO django_ray\.worker: worker line", lines[0]), lines
+    assert re.fullmatch(r"\S+ \S+ ERROR django\.tasks: task failed", lines[1]), lines
+    assert lines[2] == "Traceback (most recent call last):"
+    assert lines[-1] == "ZeroDivisionError: division by zero", lines  # not "task started"

@@ -115,11 +115,22 @@ if os.environ.get("DJANGO_RAY_VISIBILITY_TIMEOUT"):
 # Where unchanged Celery clients read results (redis://...); unset means none.
 CELERY_RESULT_BACKEND = os.environ.get("DJANGO_RAY_CELERY_RESULT_BACKEND")
 
+# One console handler, on the root logger, with the worker's prefix (docs/worker.md, Logging).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"django_ray": {"handlers": ["console"], "level": "INFO"}},
+    "formatters": {"prefixed": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "prefixed"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        # Not Django's default handlers for django.*: its console handler (DEBUG only) would
+        # print every django.tasks line a second time, without the prefix.
+        "django": {"handlers": [], "level": "INFO"},
+        # Each task's start and outcome are INFO (django_ray.worker logs the outcome too);
+        # a failure is ERROR, with its traceback.
+        "django.tasks": {"level": "WARNING"},
+        "django_ray": {"level": "INFO"},
+    },
 }
 
 STATIC_URL = "static/"

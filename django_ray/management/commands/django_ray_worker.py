@@ -6,6 +6,7 @@ import argparse
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from django_ray.exceptions import DjangoRayError, ImproperlyConfiguredRay
@@ -118,12 +119,38 @@ def _explain(error: DjangoRayError) -> str:
     return str(error)
 
 
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def _configure_logging(verbosity: int) -> None:
+    """Log to stderr with a prefix, unless the project's ``LOGGING`` already does.
+
+    With its own handler the worker also takes Django's ``django.tasks`` logger, unless
+    ``LOGGING`` names it (or ``django``, or the root logger). Left to Django's defaults it
+    would print, when ``DEBUG`` is on, every task's start and outcome a second time (the
+    outcome is ``django_ray.worker``'s) and a failure's traceback without a prefix. It gets
+    the prefixed handler, at WARNING (a failure, with its traceback; DEBUG with ``-v 2``),
+    and keeps Django's handlers other than the console's (``mail_admins``).
+    """
     logger = logging.getLogger("django_ray")
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(
-        logging.DEBUG if verbosity > 1 else logging.INFO if verbosity else logging.WARNING
-    )
+    level = logging.DEBUG if verbosity > 1 else logging.INFO if verbosity else logging.WARNING
+    logger.setLevel(level)
+    if logger.handlers or logging.getLogger().handlers:
+        return  # the project's LOGGING configured where our records go
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(FORMAT))
+    logger.addHandler(handler)
+    configured = getattr(settings, "LOGGING", None) or {}
+    named = set(configured.get("loggers", {})) if isinstance(configured, dict) else set()
+    if named & {"django", "django.tasks", ""} or (
+        isinstance(configured, dict) and configured.get("root")
+    ):
+        return
+    tasks_logger = logging.getLogger("django.tasks")
+    kept = [
+        h for h in logging.getLogger("django").handlers if not isinstance(h, logging.StreamHandler)
+    ]
+    for kept_handler in [handler, *kept]:
+        tasks_logger.addHandler(kept_handler)
+    tasks_logger.setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
+    tasks_logger.propagate = False
