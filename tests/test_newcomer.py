@@ -154,6 +154,58 @@ def test_without_the_app_check_reports_E001_when_tasks_load_with_the_apps(
     assert "(django_ray.E001) django_ray is not in INSTALLED_APPS." in done.stderr, done.stderr
 
 
+# -- 2, 3, 5. The README's Quick start, as written ---------------------------------------
+
+
+def readme_settings() -> str:
+    block = python_block(README, "# settings.py")
+    assert 'INSTALLED_APPS = [..., "django_ray"]' in block
+    return block.replace("[...,", '[*INSTALLED_APPS, "myapp",')
+
+
+@pytest.mark.slow
+def test_the_readme_quick_start_works_in_a_fresh_project(project: Project) -> None:
+    project.settings(readme_settings())
+    tasks_module = python_block(README, "# myapp/tasks.py")
+    assert 'queue_name="high"' in tasks_module and "max_attempts=3" in tasks_module
+    project.write("myapp/tasks.py", tasks_module)
+
+    done = project.manage("check")
+    assert done.returncode == 0 and "no issues" in done.stdout, done.stdout + done.stderr
+    assert project.manage("migrate", "-v", "0").returncode == 0
+
+    # Importing the tasks module (as every worker start does) enqueues nothing.
+    done = project.shell("""
+        import myapp.tasks
+        from django_ray.models import TaskRecord
+        print("records", TaskRecord.objects.count())
+    """)
+    assert done.stdout.split() == ["records", "0"], done.stdout + done.stderr
+
+    enqueue = python_block(README, "# where the work is asked for")
+    done = project.shell(enqueue + "\nprint('enqueued', result.id, result.status)\n")
+    assert done.returncode == 0, done.stderr
+    _, task_id, status = done.stdout.split()
+    assert status == "READY"
+
+    worker = project.manage("django_ray_worker", "--queues=default,high", "--sync", "--batch")
+    assert worker.returncode == 0, worker.stderr
+    done = project.shell(f"""
+        from myapp.tasks import resize
+        from django_ray.models import TaskRecord
+        print(resize.get_result({task_id!r}).status, TaskRecord.objects.count())
+    """)
+    assert done.stdout.split() == ["SUCCESSFUL", "1"], done.stdout + done.stderr
+
+
+def test_the_readme_says_queues_and_the_django_version() -> None:
+    quick_start = README[README.index("## Quick start") : README.index("## Documentation")]
+    assert '"QUEUES"' in python_block(quick_start, "# settings.py")
+    assert "InvalidTask" in quick_start and "Django 6.1" in quick_start
+    # The snippet that declares tasks enqueues none: the worker imports it at every start.
+    assert ".enqueue(" not in python_block(README, "# myapp/tasks.py")
+
+
 # -- 3. A broken task module is a clear start-up error -----------------------------------
 
 
@@ -287,3 +339,34 @@ def test_the_test_project_logs_each_line_once_with_the_worker_prefix() -> None:
     assert re.fullmatch(r"\S+ \S+ ERROR django\.tasks: task failed", lines[1]), lines
     assert lines[2] == "Traceback (most recent call last):"
     assert lines[-1] == "ZeroDivisionError: division by zero", lines  # not "task started"
+
+
+# -- 5. compat .delay() from a plain script ----------------------------------------------
+
+
+def test_the_migration_guides_plain_script_sends_a_task(project: Project) -> None:
+    guide = (ROOT / "docs" / "celery-migration.md").read_text()
+    script = python_block(guide, "# send.py")
+    assert "AppRegistryNotReady" in guide
+    project.settings("""
+        INSTALLED_APPS += ["django_ray", "myapp"]
+        DJANGO_RAY = {"BROKER_URL": "django://"}
+    """)
+    project.write(
+        "myapp/tasks.py",
+        "from compat.celery import shared_task\n\n\n@shared_task\ndef add(x, y):\n"
+        "    return x + y\n",
+    )
+    assert project.manage("migrate", "-v", "0").returncode == 0
+    project.write("send.py", script.replace('"proj.settings"', '"mysite.settings"'))
+    sent = subprocess.run(
+        [sys.executable, "send.py"], env=project_env(), cwd=project.root,
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    task_id = sent.stdout.strip()
+    done = project.shell(f"""
+        from django_ray.models import TaskRecord
+        print(TaskRecord.objects.get(pk={task_id!r}).task_name)
+    """)
+    assert done.stdout.strip() == "myapp.tasks.add", done.stdout + done.stderr
