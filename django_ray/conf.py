@@ -19,8 +19,10 @@ DEFAULTS: dict[str, Any] = {
     "BROKER_URL": None,
     # kombu transport options (e.g. {"visibility_timeout": 3600} for Redis).
     "BROKER_TRANSPORT_OPTIONS": {},
-    # Seconds before an unacknowledged django:// message becomes visible again.
-    "VISIBILITY_TIMEOUT": 3600,
+    # The lease of a delivered message (django:// and Redis): seconds before it is delivered
+    # again if its worker stops renewing it (the worker renews it every third of this while
+    # it holds the message). A dead worker's messages run again after about this long.
+    "VISIBILITY_TIMEOUT": 30,
     # x-max-priority for queues django-ray declares on RabbitMQ (None: no priorities).
     "QUEUE_MAX_PRIORITY": 10,
     # Ray Jobs / dashboard address for the default Ray Job mode.

@@ -22,6 +22,7 @@ from kombu import Message as KombuMessage
 from django_ray import conf
 from django_ray.message import CONTENT_TYPE, TaskMessage, decode
 from django_ray.transports import register_transports
+from django_ray.transports.leases import REDIS_UNACKED_KEYS, LeaseKeeper, lease_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,12 @@ class Broker:
             # RabbitMQ confirms each publish, so a retry or the next step of a chain is on
             # the broker before the message that caused it is acknowledged.
             options.setdefault("confirm_publish", True)
+        if self.kind == "redis":
+            # A short lease the worker renews (django_ray.transports.leases), kept in an
+            # unacked index of our own.
+            options.setdefault("visibility_timeout", lease_seconds())
+            for key, value in REDIS_UNACKED_KEYS.items():
+                options.setdefault(key, value)
         options.update(transport_options or {})
         self.connection = Connection(self.url, transport_options=options)
         self._producer: Producer | None = None
@@ -150,6 +157,12 @@ class Broker:
             prefetch_count=prefetch,
         )
         self._consumer.consume()
+
+    def lease_keeper(self) -> LeaseKeeper:
+        """Return a (not yet started) thread that renews the leases of held deliveries."""
+        options = dict(self.connection.transport_options or {})
+        lease = float(options.get("visibility_timeout") or lease_seconds())
+        return LeaseKeeper(self.kind, self.url, lease=lease, options=options)
 
     def drain(self, timeout: float) -> bool:
         """Deliver what arrives within ``timeout`` seconds; return False if nothing came."""

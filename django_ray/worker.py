@@ -30,6 +30,7 @@ from django_ray.runners import BaseRunner, Completion
 from django_ray.runtime import bootstrap, settle
 from django_ray.runtime.execute import close_stale_connections
 from django_ray.transport import Broker, decode_kombu, publish_now
+from django_ray.transports.leases import LeaseKeeper
 
 logger = logging.getLogger("django_ray.worker")
 
@@ -91,6 +92,7 @@ class Worker:
         # so that a message given back to the broker is not retried in a hot loop.
         self._pause = 0.0
         self._paused_until = 0.0
+        self.leases: LeaseKeeper = LeaseKeeper("none", "", lease=1.0, options={})
         # What Celery's inspect/stats see (read from the control thread): the messages
         # submitted and not yet collected, with their start times, and finished tasks by name.
         self._tracked_lock = threading.Lock()
@@ -118,6 +120,10 @@ class Worker:
         bootstrap.ensure_ready()
         self.runner.start()
         self.broker.consume(self.queues, self._on_message, prefetch=self.runner.concurrency)
+        # The leases of the messages this worker holds, renewed while it lives.
+        self.leases = self.broker.lease_keeper()
+        if self.leases.needed:
+            self.leases.start()
         # Celery's remote control (revoke, inspect, shutdown), heard on a thread of its own.
         control_listener = control.start(
             self.broker, worker_id=self.worker_id, terminate=self.runner.terminate, worker=self,
@@ -134,6 +140,7 @@ class Worker:
             logger.warning("Stopping at once; unfinished messages go back to the broker.")
             if control_listener is not None:
                 control_listener.stop()
+            self.leases.stop()
             self.runner.shutdown(wait=False)
             self.broker.close()
             return 1
@@ -142,6 +149,7 @@ class Worker:
         self._collect(self.runner.poll(0))
         if control_listener is not None:
             control_listener.stop()
+        self.leases.stop()
         self.broker.close()
         logger.info("Worker %s stopped after %d task(s).", self.worker_id, self.processed)
         return 0
@@ -245,6 +253,7 @@ class Worker:
         with self._tracked_lock:
             self._active[message.id] = (message, time.time())
         self._notify("started", message, None)
+        self.leases.hold(raw)  # before submit: the sync runner runs it inside submit()
         try:
             self.runner.submit(message, raw)
         except BaseException:
@@ -273,6 +282,7 @@ class Worker:
         for done in completions:
             outcome = done.outcome if done.error is None else None
             self._untrack(done.message.id, finished=outcome is not None)
+            self.leases.release(done.delivery)
             self._notify("finished", done.message, outcome)
             if done.error is not None or done.outcome is None:
                 logger.error("Task %s [%s] was not completed (%s); returning it to the broker.",

@@ -180,28 +180,64 @@ def test_a_message_that_kills_every_worker_is_dead_lettered(broker_url: str, que
     assert queue_size(queue) == 0
 
 
+def start_worker(queue: str, worker_id: str, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        worker_command(f"--queue={queue}", "--sync", "--max-tasks=1", f"--worker-id={worker_id}"),
+        env=worker_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def running_on(result: Any, worker_id: str) -> bool:
+    record = TaskRecord.objects.filter(pk=result.id, status="RUNNING").first()
+    return record is not None and worker_id in record.worker_ids
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("broker_url", ["django", "redis"], indirect=True)
+def test_a_task_longer_than_its_lease_is_not_delivered_again_while_its_worker_lives(
+    broker_url: str, queue: str
+) -> None:
+    result = tasks.sleep_then_touch.using(queue_name=queue).enqueue(4, os.devnull)
+    env = {"DJANGO_RAY_VISIBILITY_TIMEOUT": "1"}  # a 1 s lease, renewed by the live worker
+    first = start_worker(queue, "holder", **env)
+    second = None
+    try:
+        wait_until(lambda: running_on(result, "holder"), "the first worker to start it", timeout=30)
+        second = start_worker(queue, "idle", **env)
+        _, first_log = first.communicate(timeout=60)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+    assert first.returncode == 0, first_log[-2000:]
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.worker_ids == ["holder"]  # never delivered to the other worker
+    assert queue_size(queue) == 0
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("broker_url", ["django", "redis"], indirect=True)
 def test_a_late_outcome_never_overwrites_a_finished_record(broker_url: str, queue: str) -> None:
-    # The first worker's attempt outlives the visibility timeout: the message is delivered
-    # again, the second worker's attempt succeeds at once; then the first attempt fails.
-    result = tasks.slow_to_fail_first.using(queue_name=queue).enqueue(3)
+    # The first worker freezes mid-attempt (a stopped VM, a long GC pause) past its lease:
+    # the message is delivered again and the second worker's attempt succeeds; then the
+    # first worker thaws and its attempt fails, late.
+    result = tasks.slow_to_fail_first.using(queue_name=queue).enqueue(1)
     env = {"DJANGO_RAY_VISIBILITY_TIMEOUT": "1"}
-    first = subprocess.Popen(
-        worker_command(f"--queue={queue}", "--sync", "--max-tasks=1", "--worker-id=slow"),
-        env=worker_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    first = start_worker(queue, "frozen", **env)
     try:
-        wait_until(
-            lambda: TaskRecord.objects.filter(pk=result.id, status="RUNNING").exists(),
-            "the first worker to start the task", timeout=30,
-        )  # fmt: skip
+        wait_until(lambda: running_on(result, "frozen"), "the first worker to start it", timeout=30)
+        first.send_signal(signal.SIGSTOP)
         second = run_worker(
             f"--queue={queue}", "--sync", "--max-tasks=1", "--worker-id=fast", timeout=60, **env
         )
+        first.send_signal(signal.SIGCONT)
         _, first_log = first.communicate(timeout=60)
     finally:
         if first.poll() is None:
+            first.send_signal(signal.SIGCONT)
             first.kill()
             first.wait(timeout=10)
 
@@ -210,7 +246,7 @@ def test_a_late_outcome_never_overwrites_a_finished_record(broker_url: str, queu
     result.refresh()
     assert result.status == TaskResultStatus.SUCCESSFUL
     assert result.return_value == 2
-    assert result.worker_ids == ["slow", "fast"]
+    assert result.worker_ids == ["frozen", "fast"]
     assert result.errors == []  # the late failure was dropped, not recorded
     assert "outcome is dropped" in first_log
     assert queue_size(queue) == 0
