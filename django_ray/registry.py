@@ -7,15 +7,17 @@ A message names a task; the worker runs it only if the name resolves here:
   ``celery.starmap``/``celery.map`` when there is no Celery app to provide them);
 * a task of the project's real Celery app (``DJANGO_RAY["CELERY_APP"]``), by its Celery name.
 
-A name is never imported as an arbitrary dotted path: the module part must be a
-task module the project declared (``<installed app>.tasks`` or ``TASK_MODULES``) or a
-module of an installed app, and the attribute must then be a registered task.
+A name is never imported: a message can only name a task of a module the worker's set-up
+already loaded (``autodiscover``: ``<installed app>.tasks``, ``TASK_MODULES``, the Celery
+app's ``include``/``imports``/autodiscovery). Tasks that live elsewhere (``myapp.jobs``)
+are found once their module is listed in ``TASK_MODULES``.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import sys
 import threading
 import traceback
 from collections.abc import Iterator
@@ -157,23 +159,19 @@ def celery_app() -> Any | None:
 
 
 def _django_task(name: str) -> Task | None:
+    """Return the Django task ``name`` if its module was loaded as a task module.
+
+    Nothing is imported here: a name is only looked up in a module that set-up already
+    imported (``autodiscover``: installed apps' ``tasks``, ``TASK_MODULES``) and that
+    declared the task with our backend (``register_django_task``).
+    """
+    if name not in _django_names:
+        return None
     module_name, _, attr = name.rpartition(".")
-    if not module_name or "<" in name:
-        return None
-    if name not in _django_names and not _allowed_module(module_name):
-        return None
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError):
-        return None
+    obj: Any = sys.modules.get(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
     return obj if isinstance(obj, Task) and obj.module_path == name else None
-
-
-def _allowed_module(module_name: str) -> bool:
-    allowed = [c.name for c in apps.get_app_configs()] + list(conf.get("TASK_MODULES"))
-    return any(module_name == a or module_name.startswith(a + ".") for a in allowed)
 
 
 def import_optional(module_name: str) -> None:

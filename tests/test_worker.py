@@ -394,3 +394,18 @@ def test_broker_option_is_used_for_retries_and_scheduled_messages(
     )  # fmt: skip
     assert status(deferred) == TaskResultStatus.SUCCESSFUL
     assert queue_size(queue, "django://") == 0
+
+
+@pytest.mark.django_db
+def test_a_task_name_never_imports_a_module(broker_url: str, queue: str) -> None:
+    # A module of an installed app, but not a task module: naming it must not import it.
+    module = "django_ray.management.commands.django_ray_prune"
+    sys.modules.pop(module, None)
+    task_id = publish(queue, f"{module}.Command")
+
+    run_worker_inprocess([queue])
+
+    record = TaskRecord.objects.get(pk=task_id)
+    assert record.status == TaskStatus.FAILED
+    assert record.last_error["exception_class_path"] == "django_ray.exceptions.NotRegistered"
+    assert module not in sys.modules
