@@ -49,6 +49,10 @@ DEFAULTS: dict[str, Any] = {
     # A message delivered this many times without an outcome (its worker died each time)
     # is recorded FAILED and dead-lettered to "<queue>.dead-letter". None: no cap.
     "MAX_DELIVERIES": 5,
+    # Periodic tasks for Django @task tasks, in CELERY_BEAT_SCHEDULE's shape: {"name": {"task":
+    # "app.tasks.f", "schedule": 60 | timedelta | crontab(...), "args": [], "kwargs": {},
+    # "options": {"queue": ..., "priority": ...}}}, sent by django_ray_beat (docs/periodic.md).
+    "SCHEDULE": {},
 }
 
 

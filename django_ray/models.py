@@ -263,3 +263,60 @@ class ScheduledMessage(models.Model):
 
 def due_schedule(now: datetime) -> models.QuerySet[ScheduledMessage]:
     return ScheduledMessage.objects.filter(Q(eta__lte=now)).order_by("eta")
+
+
+class PeriodicEntry(models.Model):
+    """A periodic task (django_ray.beat): its schedule and the last tick a scheduler sent.
+
+    ``last_run_at`` is the scheduled moment of the last tick sent, claimed with a
+    conditional UPDATE so that one scheduler sends each tick (docs/periodic.md).
+    """
+
+    class Source(models.TextChoices):
+        SETTINGS = "settings", "Settings"
+        ADMIN = "admin", "Admin"
+
+    name = models.CharField(max_length=200, unique=True)
+    task = models.CharField(max_length=255, help_text="The task's name (as a worker resolves it).")
+    schedule = models.JSONField(
+        help_text='{"every": <seconds>} or {"crontab": {"minute": "*/15", "hour": "*", '
+        '"day_of_week": "*", "day_of_month": "*", "month_of_year": "*"}}'
+    )
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    options = models.JSONField(
+        default=dict, blank=True, help_text='e.g. {"queue": "reports", "priority": 5}'
+    )
+    enabled = models.BooleanField(default=True)
+    last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    total_run_count = models.PositiveIntegerField(default=0, editable=False)
+    source = models.CharField(
+        max_length=16, choices=Source.choices, default=Source.ADMIN, editable=False
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "periodic task"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        from django_ray.beat import parse_schedule
+
+        try:
+            parse_schedule(self.schedule)
+        except (TypeError, ValueError) as e:
+            raise ValidationError({"schedule": str(e)}) from e
+        if not isinstance(self.args, list):
+            raise ValidationError({"args": "A list of arguments."})
+        if not isinstance(self.kwargs, dict):
+            raise ValidationError({"kwargs": "A dict of keyword arguments."})
+        if not isinstance(self.options, dict):
+            raise ValidationError({"options": "A dict of options."})
+
+
+__all__ += ["PeriodicEntry"]
