@@ -495,3 +495,42 @@ def test_two_schedulers_and_a_worker_enqueue_each_tick_once(
             broker.connection.default_channel.queue_delete(queue)
         finally:
             broker.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.django_db(transaction=True)
+def test_worker_with_beat_sends_and_runs_periodic_tasks(
+    processes: Callable[[list[str], dict[str, str]], Process],
+) -> None:
+    from uuid import uuid4
+
+    queue = f"beat-{uuid4().hex[:8]}"
+    entry = PeriodicEntry.objects.create(
+        name=f"worker-beat-{queue}", task="tests.tasks.add", schedule={"every": 1},
+        args=[20, 22], options={"queue": queue},
+    )  # fmt: skip
+    worker = processes(worker_command("--sync", "--beat", f"--queue={queue}"), worker_env())
+    records = TaskRecord.objects.filter(task_name="tests.tasks.add", queue=queue)
+
+    def two_done() -> bool:
+        worker.check_alive()
+        return records.filter(status="SUCCESSFUL").count() >= 2
+
+    wait_until(two_done, "two periodic runs", timeout=40, details=lambda: worker.log)
+    assert worker.stop() == 0
+    assert "Periodic scheduler stopped." in worker.log
+    entry.refresh_from_db()
+    assert records.count() == entry.total_run_count
+    assert set(records.values_list("return_value", flat=True)) == {42}
+
+
+@pytest.mark.django_db
+def test_worker_with_beat_stops_at_start_on_an_unregistered_task(settings: object) -> None:
+    from django.core.management.base import CommandError
+
+    settings.CELERY_BEAT_SCHEDULE = {  # type: ignore[attr-defined]
+        "typo": {"task": "tests.tasks.nope", "schedule": 10}
+    }
+    with pytest.raises(CommandError, match=r"worker cannot start.*'tests\.tasks\.nope'"):
+        call_command("django_ray_worker", "--sync", "--beat", "--batch", "--queue=beat-none")

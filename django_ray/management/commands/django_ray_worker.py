@@ -60,6 +60,11 @@ class Command(BaseCommand):
                             help="Id kept in worker_ids (default: host-pid-random).")  # fmt: skip
         parser.add_argument("--broker", default=None, help="Broker URL (default: from settings).")
         parser.add_argument(
+            "--beat", action="store_true",
+            help="Also send periodic tasks (as django_ray_beat does) from a thread of this "
+            "worker: for small deployments.",
+        )  # fmt: skip
+        parser.add_argument(
             "-E", "--events", action="store_true",
             help="Send Celery's task events and worker heartbeats (Flower, celery events; "
             "Redis/RabbitMQ, needs Celery). Also on with CELERY_WORKER_SEND_TASK_EVENTS.",
@@ -98,7 +103,16 @@ class Command(BaseCommand):
                 max_tasks=options["max_tasks"],
                 events=options["events"],
             )
-            code = worker.run()
+            beat = None
+            if options["beat"]:
+                from django_ray.beat import BeatThread
+
+                beat = BeatThread().start()
+            try:
+                code = worker.run()
+            finally:
+                if beat is not None:
+                    beat.stop()
         except DjangoRayError as e:
             raise CommandError(_explain(e)) from e
         if code:
