@@ -534,3 +534,65 @@ def test_worker_with_beat_stops_at_start_on_an_unregistered_task(settings: objec
     }
     with pytest.raises(CommandError, match=r"worker cannot start.*'tests\.tasks\.nope'"):
         call_command("django_ray_worker", "--sync", "--beat", "--batch", "--queue=beat-none")
+
+
+# -- the admin ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_admin_lists_entries_and_runs_actions(declared: object, admin_client: object) -> None:
+    from django.test import Client
+    from django.urls import reverse
+
+    assert isinstance(admin_client, Client)
+    beat.Scheduler().setup()
+    PeriodicEntry.objects.create(
+        name="admin-made", task="tests.tasks.add", schedule={"every": 30}, args=[1, 1],
+        options={"queue": QUEUE},
+    )  # fmt: skip
+    changelist = reverse("admin:django_ray_periodicentry_changelist")
+    page = admin_client.get(changelist).content.decode().lower()
+    for text in ["admin-made", "every 30 s", "*/15 * * * * (m h dom mon dow)", "next run",
+                 "total run count", "settings"]:  # fmt: skip
+        assert text in page, text
+    ids = [str(pk) for pk in PeriodicEntry.objects.values_list("pk", flat=True)]
+    admin_client.post(changelist, {"action": "disable", "_selected_action": ids})
+    assert not PeriodicEntry.objects.filter(enabled=True).exists()
+    admin_client.post(changelist, {"action": "enable", "_selected_action": ids})
+    assert not PeriodicEntry.objects.filter(enabled=False).exists()
+    made = PeriodicEntry.objects.get(name="admin-made")
+    admin_client.post(changelist, {"action": "run_now", "_selected_action": [str(made.pk)]})
+    record = TaskRecord.objects.get(queue=QUEUE)
+    assert (record.task_name, record.args) == ("tests.tasks.add", [1, 1])
+    made.refresh_from_db()
+    assert made.total_run_count == 1 and made.last_run_at is None  # the schedule is unchanged
+
+
+@pytest.mark.django_db
+def test_admin_settings_entries_are_read_only_and_new_ones_are_checked(
+    declared: object, admin_client: object
+) -> None:
+    from django.test import Client
+    from django.urls import reverse
+
+    assert isinstance(admin_client, Client)
+    beat.Scheduler().setup()
+    declared_entry = PeriodicEntry.objects.get(name="noop-every-minute")
+    page = admin_client.get(
+        reverse("admin:django_ray_periodicentry_change", args=[declared_entry.pk])
+    ).content.decode()
+    assert 'name="task"' not in page and "tests.tasks.add" in page
+    assert "Delete" not in page.split("submit-row")[-1]
+    add = reverse("admin:django_ray_periodicentry_add")
+    form = {"name": "typo", "task": "tests.tasks.nope", "schedule": '{"every": 5}',
+            "args": "[]", "kwargs": "{}", "options": "{}", "enabled": "on"}  # fmt: skip
+    response = admin_client.post(add, form)
+    assert response.status_code == 200 and "No task" in response.content.decode()
+    response = admin_client.post(add, {**form, "task": "tests.tasks.noop", "schedule": '{"x": 1}'})
+    assert response.status_code == 200 and "A schedule is" in response.content.decode()
+    response = admin_client.post(
+        add, {**form, "task": "tests.tasks.noop", "schedule": '{"crontab": {"minute": "*/5"}}'}
+    )
+    assert response.status_code == 302
+    created = PeriodicEntry.objects.get(name="typo")
+    assert created.source == "admin" and created.schedule == {"crontab": {"minute": "*/5"}}
