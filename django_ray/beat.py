@@ -212,6 +212,8 @@ def parse_schedule(value: Any) -> Schedule:
     if all(hasattr(value, name) for name in FIELDS):
         return crontab_from(value)
     run_every = getattr(value, "run_every", None)
+    if getattr(value, "relative", False) is True:
+        raise ValueError("schedule(relative=True) is not supported by django-ray's beat.")
     if isinstance(run_every, timedelta):
         return Interval(run_every.total_seconds())
     kind = type(value).__name__
@@ -326,7 +328,7 @@ def due_tick(
 
 # -- entries ------------------------------------------------------------------------
 
-ENTRY_KEYS = frozenset({"task", "schedule", "args", "kwargs", "options", "relative", "enabled"})
+ENTRY_KEYS = frozenset({"task", "schedule", "args", "kwargs", "options"})
 DJANGO_OPTIONS = frozenset({"queue", "priority"})
 
 

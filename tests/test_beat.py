@@ -16,6 +16,7 @@ import pytest
 from django.core.management import call_command
 from django.test import override_settings
 
+from compat.celery.exceptions import NotSupported
 from compat.celery.schedules import crontab, schedule
 from django_ray import beat
 from django_ray.beat import Crontab, Interval, due_tick, next_run, parse_field, parse_schedule
@@ -87,6 +88,10 @@ def test_schedules_in_every_form() -> None:
     for bad in [0, -1, True, "soon", {"every": 1, "x": 2}, {"crontab": {"second": "1"}}]:
         with pytest.raises((TypeError, ValueError)):
             parse_schedule(bad)
+    with pytest.raises(ValueError, match="relative"):
+        parse_schedule(celery.schedules.schedule(5, relative=True))
+    with pytest.raises(NotSupported, match="relative"):
+        schedule(5, relative=True)
     solar = type("solar", (), {})  # celery.schedules.solar needs ephem; its name is enough
     with pytest.raises(ValueError, match="solar"):
         parse_schedule(solar())

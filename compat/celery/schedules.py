@@ -14,6 +14,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from compat.celery.exceptions import NotSupported
 from django_ray.beat import FIELDS, Crontab, Interval, next_run, parse_field
 
 __all__ = ["crontab", "schedule"]
@@ -23,6 +24,8 @@ class schedule:  # Celery's name
     """Run every ``run_every`` (seconds or a ``timedelta``)."""
 
     def __init__(self, run_every: float | timedelta, relative: bool = False, **kwargs: Any):
+        if relative:
+            raise NotSupported("schedule(relative=True) is not supported by django-ray's beat.")
         seconds = run_every.total_seconds() if isinstance(run_every, timedelta) else run_every
         self._interval = Interval(float(seconds))
         self.run_every = timedelta(seconds=self._interval.seconds)
