@@ -11,6 +11,7 @@ __all__ = [
     "MalformedMessage",
     "ModeNotAvailable",
     "NotRegistered",
+    "PreflightFailed",
     "ProcessSetupFailed",
     "RequeueLimitExceeded",
     "TaskTimeLimitExceeded",
@@ -45,6 +46,10 @@ class NotRegistered(DjangoRayError, KeyError):
 
 class ProcessSetupFailed(DjangoRayError):
     """A process could not be set up to run tasks (settings, installed apps, task modules)."""
+
+
+class PreflightFailed(ImproperlyConfiguredRay):
+    """The Ray cluster does not see the same project as the worker (``runtime.preflight``)."""
 
 
 class ModeNotAvailable(DjangoRayError):

@@ -7,6 +7,7 @@ Everything else is the local runner.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django_ray import conf
@@ -16,6 +17,8 @@ from django_ray.runners.ray_support import runtime_env
 
 __all__ = ["ClusterRunner"]
 
+logger = logging.getLogger("django_ray.worker")
+
 
 class ClusterRunner(LocalRunner):
     mode = "cluster"
@@ -24,6 +27,14 @@ class ClusterRunner(LocalRunner):
         super().__init__(worker_id=worker_id, concurrency=concurrency, **options)
         if not options.get("address"):
             raise ModeNotAvailable("--cluster needs an address, e.g. --cluster=127.0.0.1:6380.")
+
+    def start(self) -> None:
+        super().start()
+        if self.options.get("preflight", True):
+            from django_ray.runtime import preflight
+
+            report = preflight.check(preflight.in_cluster())
+            logger.info("%s", report.text())
 
     def connect(self) -> dict[str, Any]:
         from django_ray import ray_connect

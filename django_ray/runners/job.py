@@ -72,6 +72,11 @@ class JobRunner(BaseRunner):
         from django_ray import ray_connect
 
         self.client = ray_connect.job_client(self.address, token=conf.get("RAY_AUTH_TOKEN"))
+        if self.options.get("preflight", True):
+            from django_ray.runtime import preflight
+
+            report = preflight.check(preflight.as_job(self.client, runtime_env()))
+            logger.info("%s", report.text())
 
     def describe(self) -> str:
         return f"{super().describe()}, Ray Jobs at {self.address}"

@@ -10,6 +10,9 @@ variables switch parts to real services:
 * ``DJANGO_RAY_CELERY_RESULT_BACKEND`` - ``CELERY_RESULT_BACKEND`` for Celery clients.
 * ``DJANGO_RAY_TASK_OPTIONS`` - JSON for ``TASKS["default"]["OPTIONS"]["TASK_OPTIONS"]``.
 * ``DJANGO_RAY_EXTRA_APPS`` - more ``INSTALLED_APPS``, comma-separated (12-factor style).
+* ``PROJECT_APPS`` - the same, under a name of the project's own (not sent to Ray unless
+  listed in ``DJANGO_RAY_RAY_ENV_VARS``, as a real project's variables are not).
+* ``DJANGO_RAY_RAY_ENV_VARS`` - comma-separated ``DJANGO_RAY["RAY_ENV_VARS"]``.
 """
 
 import json
@@ -34,6 +37,7 @@ INSTALLED_APPS = [
     "demo",
     # A deployment's add-ons, from the environment (the tests' project-shaped apps use it).
     *[app for app in os.environ.get("DJANGO_RAY_EXTRA_APPS", "").split(",") if app],
+    *[app for app in os.environ.get("PROJECT_APPS", "").split(",") if app],
 ]
 
 MIDDLEWARE = [
@@ -99,6 +103,7 @@ DJANGO_RAY = {
     "BROKER_URL": os.environ.get("DJANGO_RAY_BROKER", "django://"),
     "TASK_MODULES": [m for m in os.environ.get("DJANGO_RAY_TASK_MODULES", "").split(",") if m],
     "RAY_ADDRESS": os.environ.get("DJANGO_RAY_RAY_ADDRESS") or None,
+    "RAY_ENV_VARS": [v for v in os.environ.get("DJANGO_RAY_RAY_ENV_VARS", "").split(",") if v],
     # A real Celery app to take task names and the result backend from (Celery interop).
     "CELERY_APP": os.environ.get("DJANGO_RAY_CELERY_APP") or None,
 }

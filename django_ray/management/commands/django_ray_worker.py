@@ -60,6 +60,11 @@ class Command(BaseCommand):
                             help="Id kept in worker_ids (default: host-pid-random).")  # fmt: skip
         parser.add_argument("--broker", default=None, help="Broker URL (default: from settings).")
         parser.add_argument(
+            "--no-preflight", action="store_true",
+            help="In --cluster and Ray Job mode, skip the start-up check that the cluster sees "
+            "the same project (settings, apps, tasks, databases) as this worker.",
+        )  # fmt: skip
+        parser.add_argument(
             "--beat", action="store_true",
             help="Also send periodic tasks (as django_ray_beat does) from a thread of this "
             "worker: for small deployments.",
@@ -83,7 +88,9 @@ class Command(BaseCommand):
             if options["cluster"]
             else "job"
         )
-        runner_options: dict[str, Any] = {"num_cpus": options["num_cpus"]}
+        runner_options: dict[str, Any] = {
+            "num_cpus": options["num_cpus"], "preflight": not options["no_preflight"],
+        }  # fmt: skip
         if options["cluster"]:
             runner_options["address"] = options["cluster"]
         try:
