@@ -268,3 +268,73 @@ def ray_head_fixture(
             head.stop()
 
     return ray_head
+
+
+class RayNode:
+    """A second node joined to a :class:`RayHead` with ``ray start --address``, as on a cluster.
+
+    It starts apart from the project too (only ``CLEAN_ENV``, plus ``extra_env``: e.g. a
+    variable that tells which node a task ran on) and offers ``resources`` so a task can
+    ask to land on it.
+    """
+
+    def __init__(
+        self,
+        head: RayHead,
+        *,
+        num_cpus: int = 1,
+        resources: dict[str, float] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.head = head
+        self.num_cpus = num_cpus
+        self.resources = resources or {}
+        self.extra_env = extra_env or {}
+        self.temp_dir = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RayNode:
+        import json
+
+        self.temp_dir = tempfile.mkdtemp(prefix="drn", dir="/tmp")
+        env = {k: os.environ[k] for k in CLEAN_ENV if k in os.environ}
+        env.update({**self.head.env(), **self.extra_env, "RAY_USAGE_STATS_ENABLED": "0"})
+        log = Path(self.temp_dir) / "ray-start.log"
+        command = [
+            str(RAY_EXE), "start", f"--address={self.head.gcs_address}",
+            f"--num-cpus={self.num_cpus}", f"--resources={json.dumps(self.resources)}",
+            "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            "--min-worker-port=0", "--max-worker-port=0", "--disable-usage-stats", "--block",
+        ]  # fmt: skip
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                command, env=env, cwd=self.temp_dir, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )  # fmt: skip
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if "Ray runtime started" in log.read_text(errors="replace"):
+                return self
+            time.sleep(0.2)
+        tail = log.read_text(errors="replace")[-2000:]
+        self.stop()
+        raise RayHeadError(f"The Ray node did not join {self.head.gcs_address}:\n{tail}")
+
+    def stop(self, grace: float = 1.5) -> None:
+        if self.proc is not None:
+            sid = self.proc.pid
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                for pid in session_pids(sid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+                deadline = time.monotonic() + grace
+                while session_pids(sid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.temp_dir = ""

@@ -58,3 +58,14 @@ def too_deep() -> list[Any]:
     for _ in range(1500):
         value = [value]
     return value
+
+
+@task
+def where(n: int) -> dict[str, Any]:
+    """Say which node ran this task and its fan-out (``RAY_NODE_LABEL`` is set per node)."""
+    import os
+
+    def label(_: int) -> str:
+        return os.environ.get("RAY_NODE_LABEL", "head")
+
+    return {"task": label(0), "fan_out": parallel_map(label, range(n))}
