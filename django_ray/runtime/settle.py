@@ -302,14 +302,11 @@ def dead_letter(message: TaskMessage, record: Any) -> Outcome:
 def time_limit(message: TaskMessage, worker_id: str) -> Outcome:
     """Record FAILED for an attempt the runner stopped at its hard time limit."""
     from django_ray.exceptions import TaskTimeLimitExceeded
+    from django_ray.models import TaskRecord
 
-    record = _fresh(message)
-    if record.is_finished:
-        return duplicate(record)
-    if record.status != "RUNNING" and not record.mark_running(worker_id):
-        # Stopped before its process recorded the attempt (a slow job start), and another
-        # worker moved it on meanwhile.
-        return superseded(message, record)
+    record = _attempt(message, worker_id)
+    if not isinstance(record, TaskRecord):
+        return record
     exc = TaskTimeLimitExceeded(f"Task {message.id} exceeded its {message.time_limit}s time limit.")
     return failed(message, exc, record=record, reason="time limit")
 
@@ -319,13 +316,11 @@ def lost(message: TaskMessage, worker_id: str, reason: str) -> Outcome:
     from django.utils import timezone
 
     from django_ray.exceptions import WorkerLost
+    from django_ray.models import TaskRecord
 
-    record = _fresh(message)
-    if record.is_finished:
-        return duplicate(record)
-    if record.status != "RUNNING" and not record.mark_running(worker_id):
-        # It died before execute() recorded the attempt, and another worker moved it on.
-        return superseded(message, record)
+    record = _attempt(message, worker_id)
+    if not isinstance(record, TaskRecord):
+        return record
     exc = WorkerLost(f"The process running task {message.id} died: {reason}")
     if record.attempts < max_attempts(message):
         logger.warning("Task %s [%s] lost (%s); retrying.", message.task, message.id, reason)
@@ -390,6 +385,22 @@ def _embedded_ids(message: TaskMessage) -> list[str]:
     signatures = [*message.callbacks, *message.chain[-1:]]
     ids = [(sig.get("options") or {}).get("task_id") for sig in signatures]
     return [i for i in ids if isinstance(i, str)]
+
+
+def _attempt(message: TaskMessage, worker_id: str) -> Any:
+    """Return the record of the attempt a runner stopped or lost, or the Outcome if none.
+
+    The runner may have stopped it before its process recorded the attempt (a slow job
+    start, a process that died at once): the attempt is recorded now.
+    """
+    from django_ray.models import TaskStatus
+
+    record = _fresh(message)
+    if record.is_finished:
+        return duplicate(record)
+    if record.status != TaskStatus.RUNNING and not record.mark_running(worker_id):
+        return superseded(message, record)  # another worker moved it on meanwhile
+    return record
 
 
 def _fresh(message: TaskMessage) -> Any:

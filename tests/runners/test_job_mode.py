@@ -51,11 +51,13 @@ def test_same_attempt_is_submitted_once(
     message = TaskMessage(
         id=record.id, task=record.task_name, args=(20, 22), queue=record.queue, backend="default"
     )
-    first = JobRunner(worker_id="w1", address=ray_head.dashboard_url)
+    # Runners in this test process, whose registry is the whole test session's: the
+    # preflight (tests/runners/test_preflight.py) would rightly find the cluster lacks tasks.
+    first = JobRunner(worker_id="w1", address=ray_head.dashboard_url, preflight=False)
     first.start()
     first.submit(message, delivery="first")
     # A restarted worker receiving the same attempt attaches to the running job.
-    second = JobRunner(worker_id="w2", address=ray_head.dashboard_url)
+    second = JobRunner(worker_id="w2", address=ray_head.dashboard_url, preflight=False)
     second.start()
     second.submit(message, delivery="second")
 
