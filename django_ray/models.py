@@ -10,7 +10,7 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
-__all__ = ["QueueMessage", "ScheduledMessage", "TaskRecord", "TaskStatus"]
+__all__ = ["JobPayload", "QueueMessage", "ScheduledMessage", "TaskRecord", "TaskStatus"]
 
 
 class TaskStatus(models.TextChoices):
@@ -208,6 +208,23 @@ class TaskRecord(models.Model):
         with contextlib.suppress(TaskRecord.DoesNotExist):  # deleted meanwhile (the admin)
             self.refresh_from_db()
         return False
+
+
+class JobPayload(models.Model):
+    """A task message waiting for the Ray job that runs it (Ray Job mode).
+
+    The job's entrypoint is given only the job's id and reads the message here, so a
+    message of any size can start as a job (a shell argument stops near 128 KiB), and a
+    task's arguments never show in Ray's job list. The entrypoint deletes the row once
+    read; the runner deletes what is left when the job ends.
+    """
+
+    id = models.CharField(primary_key=True, max_length=255)  # the job's submission id
+    payload = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.id
 
 
 class QueueMessageQuerySet(models.QuerySet["QueueMessage"]):

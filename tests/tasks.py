@@ -168,3 +168,8 @@ def slow_to_fail_first(context: TaskContext, seconds: float) -> int:
         time.sleep(seconds)
         raise CustomError("the first attempt fails, late")
     return context.attempt
+
+
+@task
+def length(data: str) -> int:
+    return len(data)

@@ -1,8 +1,9 @@
 """Ray Job mode (the default): each task attempt is one Ray job.
 
 Jobs are submitted with ``JobSubmissionClient`` to ``DJANGO_RAY["RAY_ADDRESS"]``. The
-entrypoint is ``python -m django_ray.runtime.job`` with the message as one URL-safe
-base64 argument: no task data is interpolated into a shell command. Submission ids are
+entrypoint is ``python -m django_ray.runtime.job <worker id> <job id>``; the message waits
+for the job in the database (``JobPayload``), so no task data reaches a shell command or
+Ray's job list, and a message of any size can start. Submission ids are
 deterministic per task attempt (``django-ray-<task id>-<retries>``), so a restarted worker
 that receives the same attempt again attaches to the existing job instead of submitting
 it twice. Statuses are polled every ``JOB_POLL_INTERVAL`` seconds; a job that died
@@ -82,12 +83,18 @@ class JobRunner(BaseRunner):
         return f"{super().describe()}, Ray Jobs at {self.address}"
 
     def submit(self, message: TaskMessage, delivery: Any) -> None:
+        from django_ray.models import JobPayload
+
         job_id = submission_id(message)
         options = ray_options_for(message)
+        # The message waits in the database for the job; only its id is on the command line.
+        JobPayload.objects.update_or_create(
+            pk=job_id, defaults={"payload": encode_argument(message)}
+        )
         entrypoint = " ".join(
             shlex.quote(part)
             for part in (sys.executable, "-m", "django_ray.runtime.job",
-                         f"{self.worker_id}/job", encode_argument(message))
+                         f"{self.worker_id}/job", job_id)
         )  # fmt: skip
         extra_env = options.get("runtime_env")
         try:
@@ -154,6 +161,9 @@ class JobRunner(BaseRunner):
                 self.client.stop_job(job_id)
             return
         self._jobs.pop(job_id)
+        from django_ray.models import JobPayload
+
+        JobPayload.objects.filter(pk=job_id).delete()  # what a job that never started left
         if job_id in self._terminating:
             self._terminating.discard(job_id)
             outcome = settle.revoked(job.message, "terminated")

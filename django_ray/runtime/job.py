@@ -1,9 +1,11 @@
-"""Ray Job entrypoint: ``python -m django_ray.runtime.job <worker-id> <encoded message>``.
+"""Ray Job entrypoint: ``python -m django_ray.runtime.job <worker-id> <job id>``.
 
-The message travels as URL-safe base64 of its protocol-v2 JSON parts, so nothing a
-producer wrote is ever interpreted by the shell that starts the job. The job sets Django
-up, runs the one execution path, publishes the follow-up messages (retries, chain steps)
-itself and exits 0 once the outcome is stored; the worker then reads the record.
+The message waits in the database (``JobPayload``, the row of the job's id) as URL-safe
+base64 of its protocol-v2 JSON parts: nothing a producer wrote reaches the shell that
+starts the job or Ray's job list, and a message of any size can start. The job sets Django
+up, reads (and removes) its message, runs the one execution path, publishes the follow-up
+messages (retries, chain steps) itself and exits 0 once the outcome is stored; the worker
+then reads the record.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ __all__ = ["SETUP_FAILED_TAG", "decode_argument", "encode_argument", "main"]
 # runner finds the line in the job's logs and records the task FAILED with it.
 SETUP_FAILED_TAG = "django-ray: process set-up failed:"
 EXIT_SETUP_FAILED = 3
+EXIT_NO_PAYLOAD = 4
 
 
 def encode_argument(message: TaskMessage) -> str:
@@ -40,9 +43,9 @@ def decode_argument(value: str) -> TaskMessage:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m django_ray.runtime.job <worker-id> <message>", file=sys.stderr)
+        print("usage: python -m django_ray.runtime.job <worker-id> <job id>", file=sys.stderr)
         return 2
-    worker_id, encoded = argv
+    worker_id, job_id = argv
     from django_ray.exceptions import ProcessSetupFailed
     from django_ray.runtime import bootstrap
 
@@ -51,10 +54,18 @@ def main(argv: list[str]) -> int:
     except ProcessSetupFailed as e:
         print(f"{SETUP_FAILED_TAG} {e}", file=sys.stderr, flush=True)
         return EXIT_SETUP_FAILED
+    from django_ray.models import JobPayload
     from django_ray.runtime.execute import execute
     from django_ray.transport import publish_now
 
+    row = JobPayload.objects.filter(pk=job_id).first()
+    if row is None:  # already read by an earlier run of this job: nothing to run twice
+        print(f"django-ray: no message waits for job {job_id}.", file=sys.stderr, flush=True)
+        return EXIT_NO_PAYLOAD
+    encoded = row.payload
+
     message = decode_argument(encoded)
+    JobPayload.objects.filter(pk=job_id).delete()
     outcome = execute(message, worker_id=worker_id)
     for follow_up in outcome.publish:
         publish_now(follow_up)

@@ -37,6 +37,24 @@ def test_task_data_never_reaches_a_shell(broker_url: str, ray_head: Any, tmp_pat
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
+def test_a_message_of_a_mebibyte_starts_as_a_job(broker_url: str, ray_head: Any) -> None:
+    from django_ray.models import JobPayload
+
+    data = "x" * (1024 * 1024)  # far past what a shell argument can carry (about 128 KiB)
+    queue = f"job-big-{uuid.uuid4().hex[:8]}"
+    result = tasks.length.using(queue_name=queue).enqueue(data)
+
+    env = {**ray_head.env(), "DJANGO_RAY_RAY_ADDRESS": ray_head.dashboard_url}
+    proc = run_worker(f"--queue={queue}", "--batch", timeout=120, **env)
+
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result.refresh()
+    assert result.return_value == len(data)
+    assert not JobPayload.objects.exists()  # read and removed
+
+
+@pytest.mark.django_db(transaction=True)
 def test_same_attempt_is_submitted_once(
     ray_head: Any, monkeypatch: pytest.MonkeyPatch, settings: Any
 ) -> None:
