@@ -41,8 +41,9 @@ DEFAULTS: dict[str, Any] = {
     "SCHEDULE_INTERVAL": 0.5,
     # Base Ray runtime_env for task processes (merged under what django-ray adds).
     "RAY_RUNTIME_ENV": {},
-    # Environment variables copied into Ray workers and jobs, besides DJANGO_SETTINGS_MODULE,
-    # PYTHONPATH and every DJANGO_RAY_* variable.
+    # Environment variables copied into Ray workers and jobs, besides DJANGO_SETTINGS_MODULE
+    # and PYTHONPATH: every variable the settings read (nothing else is sent: the worker's
+    # environment may hold secrets that Ray would show in its dashboard).
     "RAY_ENV_VARS": [],
     # Seconds between two status polls of a running Ray job.
     "JOB_POLL_INTERVAL": 0.1,
@@ -53,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     # "app.tasks.f", "schedule": 60 | timedelta | crontab(...), "args": [], "kwargs": {},
     # "options": {"queue": ..., "priority": ...}}}, sent by django_ray_beat (docs/periodic.md).
     "SCHEDULE": {},
+    # Bearer token for the metrics view (django_ray.views.metrics): a scraper sends
+    # "Authorization: Bearer <token>". None: only logged-in staff users see it.
+    "METRICS_TOKEN": None,
 }
 
 

@@ -76,6 +76,8 @@ class Worker:
         max_tasks: int | None = None,
         install_signals: bool = True,
         events: bool = False,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         self.queues = queues
         self.runner = runner
@@ -99,6 +101,10 @@ class Worker:
         self._active: dict[str, tuple[TaskMessage, float]] = {}
         self._totals: Counter[str] = Counter()
         self._observers: list[control.TaskObserver] = []  # e.g. Celery's events (``-E``)
+        # Liveness (``/healthz``): when the loop last ticked (monotonic), and where the
+        # metrics are served (``--metrics-port``; None: not served).
+        self.heartbeat = time.monotonic()
+        self.metrics_port, self.metrics_host = metrics_port, metrics_host
 
     @property
     def worker_id(self) -> str:
@@ -108,10 +114,17 @@ class Worker:
 
     def run(self) -> int:
         """Consume until drained (batch), ``max_tasks`` or a signal; return the exit code."""
+        server = None
+        if self.metrics_port is not None:
+            from django_ray import metrics
+
+            server = metrics.serve(self, self.metrics_host, self.metrics_port)
         previous = self._install_signals() if self.install_signals else {}
         try:
             return self._run()
         finally:
+            if server is not None:
+                server.stop()
             # Run in-process (call_command, tests), the caller gets its own handlers back.
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -155,6 +168,7 @@ class Worker:
         return 0
 
     def _step(self) -> None:
+        self.heartbeat = time.monotonic()
         busy = self.runner.in_flight() > 0
         if time.monotonic() < self._paused_until:
             time.sleep(min(0.1, self._paused_until - time.monotonic()))
@@ -196,6 +210,7 @@ class Worker:
     def _reconnect(self, error: BaseException) -> None:
         delay = 1.0
         while not self.stopping:
+            self.heartbeat = time.monotonic()
             logger.warning("Broker connection lost (%s); reconnecting in %.0fs.", error, delay)
             time.sleep(delay)
             try:

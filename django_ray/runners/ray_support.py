@@ -1,7 +1,8 @@
 """What the Ray runners share: the runtime environment and per-task Ray options.
 
 Ray task processes must set Django up with the worker's settings: the settings module,
-``sys.path`` and the ``DJANGO_RAY_*`` environment travel in a ``runtime_env``, with
+``sys.path`` and the variables the settings name (``RAY_ENV_VARS``) travel in a
+``runtime_env`` (nothing else of the worker's environment: it may hold secrets), with
 ``runtime.bootstrap``'s per-process set-up hook, which prepares each Ray worker process
 (Django, then the task registry) before it unpickles anything.
 """
@@ -25,8 +26,7 @@ __all__ = ["ray_options_for", "ray_task_options", "runtime_env"]
 
 def task_env() -> dict[str, str]:
     """Return the environment variables a Ray task process needs to set Django up."""
-    names = {"DJANGO_SETTINGS_MODULE", *conf.get("RAY_ENV_VARS")}
-    names |= {name for name in os.environ if name.startswith("DJANGO_RAY_")}
+    names = {"DJANGO_SETTINGS_MODULE", PROJECT_HOOK_VAR, *conf.get("RAY_ENV_VARS")}
     env = {name: os.environ[name] for name in names if name in os.environ}
     paths = [p for p in sys.path if p and os.path.isdir(p)]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))

@@ -127,8 +127,8 @@ class Report:
 
 ENV_FIX = (
     "The cluster's processes do not get this worker's environment: list the variables your "
-    "settings read in DJANGO_RAY['RAY_ENV_VARS'] (DJANGO_SETTINGS_MODULE, PYTHONPATH and "
-    "DJANGO_RAY_* are sent already)"
+    "settings read in DJANGO_RAY['RAY_ENV_VARS'] (DJANGO_SETTINGS_MODULE and PYTHONPATH are "
+    "sent already)"
 )
 CODE_FIX = (
     "ship the project's code to the cluster (DJANGO_RAY['RAY_RUNTIME_ENV'] with working_dir "

@@ -103,7 +103,27 @@ DJANGO_RAY = {
     "BROKER_URL": os.environ.get("DJANGO_RAY_BROKER", "django://"),
     "TASK_MODULES": [m for m in os.environ.get("DJANGO_RAY_TASK_MODULES", "").split(",") if m],
     "RAY_ADDRESS": os.environ.get("DJANGO_RAY_RAY_ADDRESS") or None,
-    "RAY_ENV_VARS": [v for v in os.environ.get("DJANGO_RAY_RAY_ENV_VARS", "").split(",") if v],
+    # Every variable these settings read, so Ray task processes see the same settings;
+    # DJANGO_RAY_RAY_ENV_VARS adds more (the preflight tests leave PROJECT_APPS out).
+    "RAY_ENV_VARS": [
+        "DJANGO_RAY_DB",
+        "DJANGO_RAY_DB_NAME",
+        "DJANGO_RAY_PG_NAME",
+        "DJANGO_RAY_PG_TEST_NAME",
+        "DJANGO_RAY_TEST_DB_NAME",
+        "DJANGO_RAY_BROKER",
+        "DJANGO_RAY_TASK_MODULES",
+        "DJANGO_RAY_TASK_OPTIONS",
+        "DJANGO_RAY_EXTRA_APPS",
+        "DJANGO_RAY_RAY_ADDRESS",
+        "DJANGO_RAY_CELERY_APP",
+        "DJANGO_RAY_CELERY_RESULT_BACKEND",
+        "DJANGO_RAY_MAX_DELIVERIES",
+        "DJANGO_RAY_VISIBILITY_TIMEOUT",
+        "DJANGO_RAY_RAY_ENV_VARS",
+        "DJANGO_SECRET_KEY",
+        *[v for v in os.environ.get("DJANGO_RAY_RAY_ENV_VARS", "").split(",") if v],
+    ],
     # A real Celery app to take task names and the result backend from (Celery interop).
     "CELERY_APP": os.environ.get("DJANGO_RAY_CELERY_APP") or None,
 }

@@ -74,6 +74,15 @@ class Command(BaseCommand):
             help="Send Celery's task events and worker heartbeats (Flower, celery events; "
             "Redis/RabbitMQ, needs Celery). Also on with CELERY_WORKER_SEND_TASK_EVENTS.",
         )  # fmt: skip
+        parser.add_argument(
+            "--metrics-port", type=int, default=None, metavar="PORT",
+            help="Serve Prometheus metrics (/metrics) and health probes (/healthz, /readyz) "
+            "on this port (0: a free one, logged).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--metrics-host", default="127.0.0.1",
+            help="Address the metrics server binds (default 127.0.0.1).",
+        )  # fmt: skip
 
     def handle(self, *args: Any, **options: Any) -> None:
         _configure_logging(options["verbosity"])
@@ -109,6 +118,8 @@ class Command(BaseCommand):
                 batch=options["batch"],
                 max_tasks=options["max_tasks"],
                 events=options["events"],
+                metrics_port=options["metrics_port"],
+                metrics_host=options["metrics_host"],
             )
             beat = None
             if options["beat"]:
