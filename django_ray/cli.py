@@ -160,9 +160,9 @@ def _broker_reachable(url: str | None = None, timeout: float = 5.0) -> tuple[str
         broker = Broker(url)
     except Exception as e:  # an unknown scheme, a bad URL
         return url or "?", f"{type(e).__name__}: {e}"
-    from kombu.utils.url import maybe_sanitize_url
+    from django_ray.transport import masked_url
 
-    shown = str(maybe_sanitize_url(broker.url))
+    shown = masked_url(broker.url)
     try:
         broker.connection.ensure_connection(max_retries=1, timeout=timeout)
         return shown, None
@@ -254,40 +254,14 @@ def _mailbox_broadcast(
     timeout: float = 1.0,
 ) -> dict[str, Any]:
     """Broadcast a Celery control command as ``app.control`` does; return replies by node."""
-    from kombu.pidbox import Mailbox
+    from django_ray import control
+    from django_ray.exceptions import ModeNotAvailable
 
-    from django_ray import registry
-    from django_ray.control import CONTROL_BROKERS
-    from django_ray.transport import Broker
-
-    broker = Broker()
-    if broker.kind not in CONTROL_BROKERS:
-        broker.close()
-        _fail(f"Remote control needs a Redis or RabbitMQ broker, not {broker.kind}://.")
-    app = registry.celery_app()
-    namespace = app.conf.control_exchange if app is not None else "celery"
-    replies: dict[str, Any] = {}
     try:
-        with broker.connection.clone() as conn:
-            mailbox = Mailbox(
-                namespace, type="fanout", accept=["json"], serializer="json",
-                queue_ttl=300.0, reply_queue_ttl=300.0, queue_expires=10.0,
-                reply_queue_expires=10.0,
-            )(conn)  # fmt: skip
-            answers = mailbox._broadcast(
-                command,
-                arguments or {},
-                list(destination) or None,
-                reply=True,
-                timeout=timeout,
-                limit=len(destination) or None,
-            )
-        for answer in answers or ():
-            if isinstance(answer, dict):
-                replies.update(answer)
-    finally:
-        broker.close()
-    return replies
+        return control.broadcast(command, arguments, destination=destination, timeout=timeout)
+    except ModeNotAvailable as e:
+        _fail(str(e))
+        raise  # _fail exits; this keeps the type checker informed
 
 
 def _scheduled(queues: Sequence[str]) -> list[dict[str, Any]]:

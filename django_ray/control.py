@@ -42,7 +42,7 @@ import platform
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kombu import Connection
@@ -517,3 +517,51 @@ def start(
     )
     listener.start()
     return listener
+
+
+def broadcast(
+    command: str,
+    arguments: dict[str, Any] | None = None,
+    *,
+    destination: Sequence[str] = (),
+    timeout: float = 1.0,
+) -> dict[str, Any]:
+    """Broadcast a Celery control command as ``app.control`` does; return replies by node.
+
+    Used by the ``django-ray`` command line (``inspect``, ``revoke --terminate``); raises
+    ``ModeNotAvailable`` on a broker without Celery's pidbox (``django://``).
+    """
+    from django_ray import registry
+    from django_ray.exceptions import ModeNotAvailable
+    from django_ray.transport import Broker
+
+    broker = Broker()
+    if broker.kind not in CONTROL_BROKERS:
+        broker.close()
+        raise ModeNotAvailable(
+            f"Remote control needs a Redis or RabbitMQ broker, not {broker.kind}://."
+        )
+    app = registry.celery_app()
+    namespace = app.conf.control_exchange if app is not None else "celery"
+    replies: dict[str, Any] = {}
+    try:
+        with broker.connection.clone() as conn:
+            mailbox = Mailbox(
+                namespace, type="fanout", accept=["json"], serializer="json",
+                queue_ttl=300.0, reply_queue_ttl=300.0, queue_expires=10.0,
+                reply_queue_expires=10.0,
+            )(conn)  # fmt: skip
+            answers = mailbox._broadcast(
+                command,
+                arguments or {},
+                list(destination) or None,
+                reply=True,
+                timeout=timeout,
+                limit=len(destination) or None,
+            )
+        for answer in answers or ():
+            if isinstance(answer, dict):
+                replies.update(answer)
+    finally:
+        broker.close()
+    return replies

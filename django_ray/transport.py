@@ -225,6 +225,13 @@ def decode_kombu(message: KombuMessage, kind: str) -> TaskMessage:
     )
 
 
+def masked_url(url: str) -> str:
+    """Return ``url`` with its password masked, for output a person or a log reads."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(url))
+
+
 def _thread_broker(url: str | None = None) -> Broker:
     url = url or conf.broker_url()
     broker = getattr(_local, "broker", None)
