@@ -54,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     # "app.tasks.f", "schedule": 60 | timedelta | crontab(...), "args": [], "kwargs": {},
     # "options": {"queue": ..., "priority": ...}}}, sent by django_ray_beat (docs/periodic.md).
     "SCHEDULE": {},
+    # What a periodic scheduler that was down sends for the ticks it missed: "latest" (one
+    # run per entry, at the latest tick) or "each" (every missed tick, one after another).
+    "BEAT_CATCH_UP": "latest",
     # Bearer token for the metrics view (django_ray.views.metrics): a scraper sends
     # "Authorization: Bearer <token>". None: only logged-in staff users see it.
     "METRICS_TOKEN": None,

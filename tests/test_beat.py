@@ -357,6 +357,22 @@ def test_a_restarted_scheduler_catches_up_once_and_never_resends(declared: objec
 
 
 @pytest.mark.django_db
+def test_catch_up_each_sends_every_missed_tick_once(declared: object, settings: object) -> None:
+    settings.DJANGO_RAY = {**settings.DJANGO_RAY, "BEAT_CATCH_UP": "each"}  # type: ignore[attr-defined]
+    start = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+    clock = Clock(start)
+    scheduler = beat.Scheduler(clock=clock)
+    scheduler.setup()
+    PeriodicEntry.objects.update(created_at=start)
+    clock.advance(3 * 60 + 5)  # down for three ticks of the minute entry
+    ticks = []
+    while sent := [s for s in scheduler.tick() if s.entry == "noop-every-minute"]:
+        ticks += [s.tick for s in sent]
+    assert ticks == [start + timedelta(minutes=n) for n in (1, 2, 3)]
+    assert all(s.coalesced == 0 for s in scheduler.tick())
+
+
+@pytest.mark.django_db
 def test_once_command_sends_due_entries(declared: object) -> None:
     from io import StringIO
 
