@@ -149,6 +149,27 @@ def worker(ctx: click.Context, **options: Any) -> None:
         _fail(str(e))
 
 
+# -- beat --------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Send the entries due now, then exit.")
+@click.option(
+    "--interval", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+    help="Seconds between two looks at the schedule at most.",
+)  # fmt: skip
+@click.option("-v", "--verbosity", type=click.IntRange(0, 3), default=1, help="0 to 3.")
+def beat(once: bool, interval: float, verbosity: int) -> None:
+    """Send periodic tasks (the django_ray_beat management command)."""
+    from django.core.management import CommandError, call_command
+
+    argv = [f"--interval={interval}", f"--verbosity={verbosity}", *(["--once"] if once else [])]
+    try:
+        call_command("django_ray_beat", *argv)
+    except CommandError as e:
+        _fail(str(e))
+
+
 # -- status ------------------------------------------------------------------------
 
 

@@ -264,3 +264,25 @@ def test_settings_are_required(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_worker_passes_other_flags_to_the_management_command() -> None:
     done = CliRunner().invoke(main, ["worker", "--sync", "--batch", "--no-such-flag"])
     assert done.exit_code != 0  # refused by django_ray_worker's own parser
+
+
+@pytest.mark.django_db
+def test_beat_once_sends_the_due_entries(settings: Any) -> None:
+    from datetime import UTC, datetime
+
+    from django_ray.models import PeriodicEntry
+
+    queue = "cli-beat"
+    settings.DJANGO_RAY = {
+        **settings.DJANGO_RAY,
+        "SCHEDULE": {"cli-every-minute": {"task": "tests.tasks.noop", "schedule": 60,
+                                          "options": {"queue": queue}}},
+    }  # fmt: skip
+    runner = CliRunner()
+    assert runner.invoke(main, ["beat", "--once"]).exit_code == 0  # creates the entry
+    PeriodicEntry.objects.update(created_at=datetime(2024, 5, 1, tzinfo=UTC))
+
+    result = runner.invoke(main, ["beat", "--once"])
+
+    assert result.exit_code == 0, result.output
+    assert TaskRecord.objects.filter(queue=queue, task_name="tests.tasks.noop").count() == 1
