@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck check bench bench-modes clean
+.PHONY: setup demo admin test lint typecheck check bench bench-modes clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,14 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	cd testproject && ../$(BIN)/python manage.py run_demo
+
+# The demo's admin with its styles: migrates, ensures the throwaway user demo/demo on the
+# demo SQLite file, then serves (staticfiles' runserver --insecure serves the admin's CSS
+# and JS with DEBUG = False; the demo settings add the app from DJANGO_RAY_EXTRA_APPS).
+admin: setup
+	cd testproject && ../$(BIN)/python manage.py run_demo --admin-user
+	cd testproject && DJANGO_RAY_EXTRA_APPS=django.contrib.staticfiles \
+		../$(BIN)/python manage.py runserver --insecure 127.0.0.1:8000
 
 test: setup
 	$(BIN)/python -m pytest

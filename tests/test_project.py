@@ -161,3 +161,79 @@ def test_the_first_benchmark_runs() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "sync / django://" in done.stdout and "sync / redis://" in done.stdout
     assert "drain/s" in done.stdout
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.timeout(120)
+def test_the_demo_admin_is_one_command_away_with_its_styles_and_login(tmp_path: Path) -> None:
+    import http.cookiejar
+    import time
+    import urllib.parse
+    import urllib.request
+
+    env = worker_env(DJANGO_RAY_DB_NAME=str(tmp_path / "demo.sqlite3"))
+    env.pop("DJANGO_RAY_DB", None)
+    manage = str(ROOT / "testproject" / "manage.py")
+    # What `make admin` runs first: migrate and the throwaway user, on the SQLite file only.
+    done = subprocess.run(
+        [sys.executable, manage, "run_demo", "--admin-user"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "user 'demo', password 'demo'" in out and "make admin" in out, out
+    assert "DJANGO_RAY_EXTRA_APPS=django.contrib.staticfiles" in out, out
+    assert "runserver --insecure 127.0.0.1:8000" in out, out
+    assert "run_demo --mode=local" in out and "http://127.0.0.1:8265" in out, out
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^admin: setup\n(\t.*\n)*\t.*run_demo --admin-user\n", makefile, re.M)
+    assert "runserver --insecure 127.0.0.1:8000" in makefile
+    assert "DJANGO_RAY_EXTRA_APPS=django.contrib.staticfiles" in makefile
+
+    # The second command, on a free port: the styles are served and demo/demo logs in.
+    port = free_port()
+    env["DJANGO_RAY_EXTRA_APPS"] = "django.contrib.staticfiles"
+    server = subprocess.Popen(
+        [sys.executable, manage, "runserver", "--insecure", "--noreload", f"127.0.0.1:{port}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                css = opener.open(f"{base}/static/admin/css/base.css", timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "runserver did not answer"
+                time.sleep(0.2)
+        assert css.status == 200 and b"{" in css.read()
+        page = opener.open(f"{base}/admin/login/", timeout=5).read().decode()
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+        assert token, page
+        form = {
+            "csrfmiddlewaretoken": token.group(1),
+            "username": "demo",
+            "password": "demo",
+            "next": "/admin/django_ray/taskrecord/",
+        }
+        request = urllib.request.Request(
+            f"{base}/admin/login/?next=/admin/django_ray/taskrecord/",
+            data=urllib.parse.urlencode(form).encode(),
+            headers={"Referer": f"{base}/admin/login/"},
+        )
+        answer = opener.open(request, timeout=10)
+        assert answer.geturl().endswith("/admin/django_ray/taskrecord/"), answer.geturl()
+        assert "Select task to view" in answer.read().decode()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
