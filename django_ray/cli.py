@@ -32,6 +32,7 @@ EXIT_NO_REPLY = 3  # inspect / revoke --terminate: no worker replied in time
 CHECK_FAILED = 4  # FAILED records (finished within --failed-since, default: any)
 CHECK_STALE = 8  # stale RUNNING records
 CHECK_BROKER = 16  # the broker cannot be reached
+CHECK_STALE_WORKER = 32  # a worker's heartbeat is older than 3 x HEARTBEAT_INTERVAL
 
 
 def _setup_django(settings: str | None, pythonpath: str | None) -> None:
@@ -214,6 +215,7 @@ def _health(queues: Sequence[str], failed_since: timedelta | None) -> tuple[int,
         (CHECK_FAILED if failed_count else 0)
         | (CHECK_STALE if stale else 0)
         | (CHECK_BROKER if broker_error else 0)
+        | (CHECK_STALE_WORKER if report.stale_workers else 0)
     )
     return code, {
         "ok": code == 0,
@@ -222,6 +224,7 @@ def _health(queues: Sequence[str], failed_since: timedelta | None) -> tuple[int,
         "stale": stale,
         "broker": broker,
         "broker_error": broker_error,
+        "stale_workers": report.stale_workers,
     }
 
 
@@ -260,6 +263,8 @@ def status(
             problems.append(f"{health['stale']} stale RUNNING record(s)")
         if health["broker_error"]:
             problems.append(f"broker {health['broker']} unreachable ({health['broker_error']})")
+        if health["stale_workers"]:
+            problems.append(f"{health['stale_workers']} stale worker(s)")
         click.echo("check: " + ("; ".join(problems) if problems else "OK") + f" (exit {code})")
     sys.exit(code)
 

@@ -60,6 +60,9 @@ DEFAULTS: dict[str, Any] = {
     # Bearer token for the metrics view (django_ray.views.metrics): a scraper sends
     # "Authorization: Bearer <token>". None: only logged-in staff users see it.
     "METRICS_TOKEN": None,
+    # Seconds between two heartbeats a worker writes to the database (WorkerHeartbeat);
+    # django_ray_status shows a worker silent for 3 x this long as stale.
+    "HEARTBEAT_INTERVAL": 5,
 }
 
 

@@ -337,3 +337,41 @@ class PeriodicEntry(models.Model):
 
 
 __all__ += ["PeriodicEntry"]
+
+
+class WorkerHeartbeat(models.Model):
+    """A live worker: written when it starts and every ``HEARTBEAT_INTERVAL`` seconds."""
+
+    worker_id = models.CharField(primary_key=True, max_length=255)
+    hostname = models.CharField(max_length=255, default="")
+    pid = models.IntegerField(default=0)
+    mode = models.CharField(max_length=32, default="")
+    queues = models.JSONField(default=list, blank=True)
+    in_flight = models.IntegerField(default=0)
+    started_at = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["worker_id"]
+
+    def __str__(self) -> str:
+        return self.worker_id
+
+    @classmethod
+    def beat(cls, worker_id: str, *, mode: str, queues: list[str], in_flight: int) -> None:
+        """Record that ``worker_id`` is alive: one UPDATE, or an INSERT the first time."""
+        import os
+        import socket
+
+        now = timezone.now()
+        rows = cls.objects.filter(pk=worker_id)
+        if not rows.update(last_seen=now, in_flight=in_flight):
+            cls.objects.update_or_create(
+                worker_id=worker_id,
+                defaults={"hostname": socket.gethostname()[:255], "pid": os.getpid(),
+                          "mode": mode[:32], "queues": list(queues), "in_flight": in_flight,
+                          "started_at": now, "last_seen": now},
+            )  # fmt: skip
+
+
+__all__ += ["WorkerHeartbeat"]

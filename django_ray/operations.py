@@ -2,15 +2,18 @@
 
 ``prune()`` deletes finished ``TaskRecord`` rows ``BATCH_SIZE`` ids per ``DELETE``, so no
 single statement holds its locks on a large table for long. ``status()`` reads, per queue,
-the records by status, the django:// table (``QueueMessage``) and the ETA schedule
-(``ScheduledMessage``). The commands ``django_ray_prune`` and ``django_ray_status`` only
-parse arguments and print what these return.
+the records by status, the broker's backlog (the django:// table ``QueueMessage``, or the
+Redis / RabbitMQ queue through ``transport.Broker``), its dead letters and the ETA
+schedule (``ScheduledMessage``), and the live workers' heartbeats (``WorkerHeartbeat``).
+The commands ``django_ray_prune`` and ``django_ray_status`` only parse
+arguments and print what these return.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,7 +22,16 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from django_ray import conf
-from django_ray.models import FINISHED, QueueMessage, ScheduledMessage, TaskRecord, TaskStatus
+from django_ray.exceptions import DeliveryLimitExceeded
+from django_ray.models import (
+    FINISHED,
+    QueueMessage,
+    ScheduledMessage,
+    TaskRecord,
+    TaskStatus,
+    WorkerHeartbeat,
+)
+from django_ray.runtime.settle import DEAD_LETTER_SUFFIX
 
 __all__ = [
     "BATCH_SIZE",
@@ -27,10 +39,14 @@ __all__ = [
     "QueueStatus",
     "RunningTask",
     "StatusReport",
+    "WorkerStatus",
     "age_warning",
     "prune",
     "status",
 ]
+
+# How a record that exhausted MAX_DELIVERIES names its error (dead-lettered).
+DEAD_LETTER = f"{DeliveryLimitExceeded.__module__}.{DeliveryLimitExceeded.__qualname__}"
 
 # Ids per DELETE: each statement holds its row (or SQLite database) lock only briefly.
 BATCH_SIZE = 1000
@@ -149,6 +165,9 @@ class QueueStatus:
     messages_hidden: int
     scheduled_due: int
     scheduled_future: int
+    waiting: int | None = None  # on the broker, ready for delivery (None: broker unreachable)
+    dead_lettered: int = 0  # FAILED records with DeliveryLimitExceeded
+    dead_letter_waiting: int | None = 0  # messages in "<queue>.dead-letter"
 
     @property
     def stale(self) -> int:
@@ -165,6 +184,38 @@ class QueueStatus:
             "stale": self.stale,
             "messages": {"visible": self.messages_visible, "hidden": self.messages_hidden},
             "scheduled": {"due": self.scheduled_due, "future": self.scheduled_future},
+            "waiting": self.waiting,
+            "dead_letter": {"failed": self.dead_lettered, "waiting": self.dead_letter_waiting},
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerStatus:
+    """A worker's last heartbeat; ``stale`` when older than 3 x ``HEARTBEAT_INTERVAL``."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    mode: str
+    queues: tuple[str, ...]
+    in_flight: int
+    started_at: datetime
+    last_seen: datetime
+    age: float  # seconds since last_seen
+    stale: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "worker_id": self.worker_id,
+            "hostname": self.hostname,
+            "pid": self.pid,
+            "mode": self.mode,
+            "queues": list(self.queues),
+            "in_flight": self.in_flight,
+            "started_at": self.started_at.isoformat(),
+            "last_seen": self.last_seen.isoformat(),
+            "heartbeat_age_seconds": round(self.age, 3),
+            "stale": self.stale,
         }
 
 
@@ -175,12 +226,26 @@ class StatusReport:
     generated_at: datetime
     visibility_timeout: float
     queues: tuple[QueueStatus, ...]
+    broker: str = "django://"  # the broker URL, password masked
+    broker_kind: str = "django"
+    broker_error: str | None = None  # why the backlog could not be read
+    heartbeat_interval: float = 5.0
+    workers: tuple[WorkerStatus, ...] = ()
+
+    @property
+    def stale_workers(self) -> int:
+        return sum(worker.stale for worker in self.workers)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "generated_at": self.generated_at.isoformat(),
             "visibility_timeout": self.visibility_timeout,
             "queues": {queue.name: queue.as_dict() for queue in self.queues},
+            "broker": self.broker,
+            "broker_kind": self.broker_kind,
+            "broker_error": self.broker_error,
+            "heartbeat_interval": self.heartbeat_interval,
+            "workers": [worker.as_dict() for worker in self.workers],
         }
 
 
@@ -189,29 +254,111 @@ def status(*, queues: Sequence[str] = ()) -> StatusReport:
     now = timezone.now()
     timeout = float(conf.get("VISIBILITY_TIMEOUT"))
     only = Q(queue__in=list(queues)) if queues else Q()
+    with_dead = Q(queue__in=[*queues, *(q + DEAD_LETTER_SUFFIX for q in queues)]) if queues else Q()
     records = TaskRecord.objects.filter(only).order_by().values_list("queue", "status")
     counts: dict[str, dict[str, int]] = {}
     for queue, state, count in records.annotate(Count("pk")):
         counts.setdefault(queue, dict.fromkeys(TaskStatus.values, 0))[state] = count
-    visible = _split_counts(QueueMessage.objects.filter(only), Q(visible_at__lte=now))
+    visible = _split_counts(QueueMessage.objects.filter(with_dead), Q(visible_at__lte=now))
     due = _split_counts(ScheduledMessage.objects.filter(only), Q(eta__lte=now))
-    names = sorted(set(queues) | set(counts) | set(visible) | set(due))
+    dead = dict(
+        TaskRecord.objects.filter(only, status=TaskStatus.FAILED, errors__icontains=DEAD_LETTER)
+        .order_by()
+        .values_list("queue")
+        .annotate(Count("pk"))
+    )
+    workers = _workers(now)
+    consumed = {q for w in workers if not w.stale for q in w.queues if q != "*"}
+    if queues:
+        consumed &= set(queues)
+    found = set(counts) | set(visible) | set(due) | set(dead) | consumed
+    # A dead-letter queue is shown with the queue it collects for.
+    names = sorted(set(queues) | {q.removesuffix(DEAD_LETTER_SUFFIX) for q in found})
     stale_before = now - timedelta(seconds=timeout)
+    url, kind, backlog, error = _broker_backlog(names, visible)
     return StatusReport(
         generated_at=now,
         visibility_timeout=timeout,
         queues=tuple(
-            _queue_status(
-                name,
-                counts.get(name) or dict.fromkeys(TaskStatus.values, 0),
-                visible.get(name, (0, 0)),
-                due.get(name, (0, 0)),
-                now=now,
-                stale_before=stale_before,
+            replace(
+                _queue_status(
+                    name,
+                    counts.get(name) or dict.fromkeys(TaskStatus.values, 0),
+                    visible.get(name, (0, 0)),
+                    due.get(name, (0, 0)),
+                    now=now,
+                    stale_before=stale_before,
+                ),
+                waiting=backlog.get(name),
+                dead_lettered=dead.get(name, 0),
+                dead_letter_waiting=backlog.get(name + DEAD_LETTER_SUFFIX),
             )
             for name in names
         ),
+        broker=url,
+        broker_kind=kind,
+        broker_error=error,
+        heartbeat_interval=float(conf.get("HEARTBEAT_INTERVAL")),
+        workers=workers,
     )
+
+
+def _broker_backlog(
+    names: Sequence[str], visible: dict[str, tuple[int, int]]
+) -> tuple[str, str, dict[str, int], str | None]:
+    """Return the broker (masked URL, kind), the messages waiting per queue, and any error.
+
+    Every queue and its dead-letter queue: on django:// the visible ``QueueMessage`` rows
+    (a dead-letter queue is never consumed: all of its rows), else the broker's own count.
+    """
+    from django_ray.transport import Broker, broker_kind, masked_url
+
+    url = conf.broker_url()
+    kind = broker_kind(url)
+    backlog: dict[str, int] = {}
+    if kind == "django":
+        for name in names:
+            backlog[name] = visible.get(name, (0, 0))[0]
+            backlog[name + DEAD_LETTER_SUFFIX] = sum(visible.get(name + DEAD_LETTER_SUFFIX, ()))
+        return url, kind, backlog, None  # no password; masked_url would add a slash
+    try:
+        broker = Broker(url)
+    except Exception as e:  # an unknown scheme, a bad URL
+        return masked_url(url), kind, backlog, f"{type(e).__name__}: {e}"
+    try:
+        broker.connection.ensure_connection(max_retries=1, timeout=5)
+        for name in names:
+            for queue in (name, name + DEAD_LETTER_SUFFIX):
+                backlog[queue] = broker.queue_size(queue)
+    except Exception as e:  # unreachable: the records are still worth showing
+        return masked_url(url), kind, backlog, f"{type(e).__name__}: {e}"
+    finally:
+        with contextlib.suppress(Exception):  # a connection that never opened
+            broker.close()
+    return masked_url(url), kind, backlog, None
+
+
+def _workers(now: datetime) -> tuple[WorkerStatus, ...]:
+    """Return the workers' last heartbeats, freshest first."""
+    stale_after = 3 * float(conf.get("HEARTBEAT_INTERVAL"))
+    result = []
+    for row in WorkerHeartbeat.objects.order_by("-last_seen", "worker_id"):
+        age = max((now - row.last_seen).total_seconds(), 0.0)
+        result.append(
+            WorkerStatus(
+                worker_id=row.worker_id,
+                hostname=row.hostname,
+                pid=row.pid,
+                mode=row.mode,
+                queues=tuple(str(q) for q in row.queues or ()),
+                in_flight=row.in_flight,
+                started_at=row.started_at,
+                last_seen=row.last_seen,
+                age=age,
+                stale=age > stale_after,
+            )
+        )
+    return tuple(result)
 
 
 def _split_counts(rows: QuerySet[Any], condition: Q) -> dict[str, tuple[int, int]]:

@@ -117,6 +117,25 @@ class Broker:
             queue.declare()
         self._declared.add(name)
 
+    def queue_size(self, name: str) -> int:
+        """Return how many messages wait in queue ``name`` for delivery (0: none or no queue).
+
+        Redis: the lengths of the queue's lists, one per priority step; RabbitMQ: a passive
+        declare's message count; django://: its ``QueueMessage`` rows.
+        """
+        if self.kind != "amqp":  # kombu's virtual transports: Redis _size sums every priority
+            return int(self.connection.default_channel._size(name))
+        channel = self.connection.channel()
+        try:
+            return int(channel.queue_declare(queue=name, passive=True).message_count)
+        except self.connection.channel_errors:  # no such queue: nothing waits in it
+            return 0
+        finally:
+            try:
+                channel.close()
+            except Exception:  # already closed by the broker's 404
+                logger.debug("Ignoring error while closing a channel.", exc_info=True)
+
     # -- publishing -------------------------------------------------------------
 
     def publish(self, message: TaskMessage) -> None:

@@ -105,6 +105,7 @@ class Worker:
         # metrics are served (``--metrics-port``; None: not served).
         self.heartbeat = time.monotonic()
         self.metrics_port, self.metrics_host = metrics_port, metrics_host
+        self._next_beat = 0.0  # when to write the next WorkerHeartbeat (monotonic)
 
     @property
     def worker_id(self) -> str:
@@ -123,6 +124,7 @@ class Worker:
         try:
             return self._run()
         finally:
+            self._beat(stop=True)
             if server is not None:
                 server.stop()
             # Run in-process (call_command, tests), the caller gets its own handlers back.
@@ -169,6 +171,7 @@ class Worker:
 
     def _step(self) -> None:
         self.heartbeat = time.monotonic()
+        self._beat()
         busy = self.runner.in_flight() > 0
         if time.monotonic() < self._paused_until:
             time.sleep(min(0.1, self._paused_until - time.monotonic()))
@@ -198,6 +201,25 @@ class Worker:
         if self.batch and not busy and not got and not published and self._idle():
             logger.info("Batch mode: nothing left to run.")
             self.stopping = True
+
+    def _beat(self, *, stop: bool = False) -> None:
+        """Write this worker's ``WorkerHeartbeat`` when due (one UPDATE); delete it at exit."""
+        from django_ray import conf
+        from django_ray.models import WorkerHeartbeat
+
+        if not stop and self.heartbeat < self._next_beat:
+            return
+        self._next_beat = self.heartbeat + float(conf.get("HEARTBEAT_INTERVAL"))
+        try:  # a heartbeat never stops the worker
+            if stop:
+                WorkerHeartbeat.objects.filter(pk=self.worker_id).delete()
+            else:
+                mode = str(getattr(self.runner, "mode", "?"))
+                WorkerHeartbeat.beat(
+                    self.worker_id, mode=mode, queues=self.queues, in_flight=self.runner.in_flight()
+                )
+        except Exception as e:
+            logger.warning("Could not write the worker heartbeat: %s", _short(e))
 
     def _should_exit(self) -> bool:
         if self.max_tasks is not None and self.processed >= self.max_tasks:

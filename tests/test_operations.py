@@ -227,11 +227,17 @@ def test_status_json_has_stable_keys_and_counts(busy_queue: str) -> None:
     out, _ = run("django_ray_status", "--json")
     report = json.loads(out)
 
-    assert list(report) == ["generated_at", "visibility_timeout", "queues"]
+    assert list(report) == [
+        "generated_at", "visibility_timeout", "queues",
+        "broker", "broker_kind", "broker_error", "heartbeat_interval", "workers",
+    ]  # fmt: skip
     assert report["visibility_timeout"] == 60
     assert list(report["queues"]) == [busy_queue, "ops-other"]
     queue = report["queues"][busy_queue]
-    assert list(queue) == ["tasks", "oldest_ready", "running", "stale", "messages", "scheduled"]
+    assert list(queue) == [
+        "tasks", "oldest_ready", "running", "stale", "messages", "scheduled",
+        "waiting", "dead_letter",
+    ]  # fmt: skip
     assert queue["tasks"] == {
         "READY": 3, "RUNNING": 2, "RETRYING": 1, "SUCCESSFUL": 1, "FAILED": 0, "REVOKED": 0,
     }  # fmt: skip

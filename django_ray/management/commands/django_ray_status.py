@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from django_ray.operations import QueueStatus, StatusReport, status
+from django_ray.operations import QueueStatus, StatusReport, WorkerStatus, status
 
 
 def non_empty(value: str) -> str:
@@ -39,9 +38,16 @@ class Command(BaseCommand):
 
 
 def _report(report: StatusReport) -> str:
-    if not report.queues:
+    if not report.queues and not report.workers:
         return "No queue has task records or messages."
-    blocks = [_queue(queue, report.generated_at) for queue in report.queues]
+    blocks = [_queue(queue, report) for queue in report.queues]
+    if report.broker_error:
+        blocks.append(f"Broker {report.broker} unreachable: {report.broker_error}")
+    if report.workers:
+        blocks.append(
+            f"Workers (heartbeat every {report.heartbeat_interval:g} s)\n"
+            + "\n".join(_worker(worker) for worker in report.workers)
+        )
     stale = sum(queue.stale for queue in report.queues)
     if stale:
         blocks.append(
@@ -49,10 +55,16 @@ def _report(report: StatusReport) -> str:
             f"({report.visibility_timeout:g} s). Their worker probably died; their message "
             "will be delivered again."
         )
+    if report.stale_workers:
+        blocks.append(
+            f"{report.stale_workers} stale worker(s): no heartbeat for 3 x HEARTBEAT_INTERVAL "
+            f"({3 * report.heartbeat_interval:g} s). They probably died."
+        )
     return "\n\n".join(blocks)
 
 
-def _queue(queue: QueueStatus, now: datetime) -> str:
+def _queue(queue: QueueStatus, report: StatusReport) -> str:
+    now = report.generated_at
     lines = [
         f"Queue {queue.name!r}",
         "  tasks:     " + "  ".join(f"{name} {count}" for name, count in queue.tasks.items()),
@@ -60,10 +72,19 @@ def _queue(queue: QueueStatus, now: datetime) -> str:
     if queue.oldest_ready_age is not None:
         age = _duration(queue.oldest_ready_age)
         lines.append(f"  oldest READY: {queue.oldest_ready_id}, waiting {age}")
+    if report.broker_kind == "django":
+        messages = f"{queue.messages_visible} visible, {queue.messages_hidden} hidden"
+    else:
+        messages = f"{_count(queue.waiting)} waiting"
     lines.append(
-        f"  messages:  {queue.messages_visible} visible, {queue.messages_hidden} hidden "
-        f"(django://); scheduled: {queue.scheduled_due} due, {queue.scheduled_future} future"
+        f"  messages:  {messages} ({report.broker}); "
+        f"scheduled: {queue.scheduled_due} due, {queue.scheduled_future} future"
     )
+    if queue.dead_lettered or queue.dead_letter_waiting:
+        lines.append(
+            f"  dead-lettered: {queue.dead_lettered} FAILED, "
+            f"{_count(queue.dead_letter_waiting)} waiting"
+        )
     for task in queue.running:
         since = "?"
         if task.last_attempted_at is not None:
@@ -74,6 +95,18 @@ def _queue(queue: QueueStatus, now: datetime) -> str:
             + ("  STALE" if task.stale else "")
         )
     return "\n".join(lines)
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def _worker(worker: WorkerStatus) -> str:
+    return (
+        f"  {worker.worker_id} on {worker.hostname} pid {worker.pid}: mode {worker.mode}, "
+        f"queues {','.join(worker.queues) or '-'}, {worker.in_flight} in flight, "
+        f"heartbeat {_duration(worker.age)} ago" + ("  STALE" if worker.stale else "")
+    )
 
 
 def _duration(seconds: float) -> str:
