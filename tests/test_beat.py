@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
-import signal
-import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -23,6 +20,7 @@ from django_ray.beat import Crontab, Interval, due_tick, next_run, parse_field, 
 from django_ray.exceptions import ImproperlyConfiguredRay
 from django_ray.models import PeriodicEntry, TaskRecord
 from tests.conftest import ROOT, worker_command, worker_env
+from tests.processes import Process
 from tests.waiting import wait_until
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -391,43 +389,6 @@ def test_once_command_sends_due_entries(declared: object) -> None:
 REDIS_BEAT_URL = "redis://127.0.0.1:6379/12"
 SENT_LINE = re.compile(r"Sent periodic entry '(?P<entry>[^']+)' tick (?P<tick>\S+) as (?P<id>\S+) ")
 COALESCED_LINE = re.compile(r"Periodic entry '(?P<entry>[^']+)': (?P<count>\d+) ticks were due")
-
-
-class Process:
-    """A management command in a subprocess, its output collected on a thread."""
-
-    def __init__(self, command: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"process exited ({self.proc.returncode}):\n{self.log}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(30)
-        self._reader.join(5)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 def beat_command(*args: str) -> list[str]:

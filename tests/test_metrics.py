@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import re
 import signal
-import subprocess
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -27,7 +25,7 @@ from django_ray.transport import Broker
 from django_ray.worker import Worker
 from tests import tasks
 from tests.conftest import worker_command, worker_env
-from tests.waiting import wait_until
+from tests.processes import Process
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -59,42 +57,11 @@ def health(url: str, *args: str) -> int:
     return 0
 
 
-class WorkerProcess:
+class WorkerProcess(Process):
     """``django_ray_worker`` in a subprocess, its log collected on a thread."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            worker_command(*args), env=worker_env(), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, condition: object, what: str, timeout: float = 30) -> object:
-        def met() -> object:
-            value = condition()  # type: ignore[operator]
-            if value:
-                return value
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited while waiting for {what}:\n{self.log}")
-            return None
-
-        return wait_until(met, what, timeout=timeout, details=lambda: self.log)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        super().__init__(worker_command(*args), worker_env())
 
 
 @pytest.fixture

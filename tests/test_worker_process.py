@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,59 +13,16 @@ from django_ray.models import TaskRecord, TaskStatus
 from tests import tasks
 from tests.conftest import run_worker, worker_command, worker_env
 from tests.inprocess import queue_size
-from tests.waiting import wait_until
+from tests.processes import Process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 
-class WorkerProcess:
+class WorkerProcess(Process):
     """``django_ray_worker`` in a subprocess, its log collected on a thread."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            worker_command(*args),
-            env=worker_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-        """``wait_until(condition)``, failing at once if the worker exits meanwhile."""
-
-        def met() -> bool:
-            if condition():
-                return True
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited while waiting for {what}:\n{self.log}")
-            return False
-
-        wait_until(met, what, timeout=timeout, details=lambda: self.log)
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout: float = 30) -> int:
-        code = self.proc.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        super().__init__(worker_command(*args), worker_env())
 
 
 @pytest.fixture
