@@ -106,6 +106,7 @@ class Worker:
         self.heartbeat = time.monotonic()
         self.metrics_port, self.metrics_host = metrics_port, metrics_host
         self._next_beat = 0.0  # when to write the next WorkerHeartbeat (monotonic)
+        self._beat_written = False
 
     @property
     def worker_id(self) -> str:
@@ -207,6 +208,8 @@ class Worker:
         from django_ray import conf
         from django_ray.models import WorkerHeartbeat
 
+        if stop and not self._beat_written:
+            return  # it never started (e.g. a broken task module): nothing to remove
         if not stop and self.heartbeat < self._next_beat:
             return
         self._next_beat = self.heartbeat + float(conf.get("HEARTBEAT_INTERVAL"))
@@ -218,6 +221,7 @@ class Worker:
                 WorkerHeartbeat.beat(
                     self.worker_id, mode=mode, queues=self.queues, in_flight=self.runner.in_flight()
                 )
+                self._beat_written = True
         except Exception as e:
             logger.warning("Could not write the worker heartbeat: %s", _short(e))
 
