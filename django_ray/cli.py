@@ -280,7 +280,7 @@ def _mailbox_broadcast(
     timeout: float = 1.0,
 ) -> dict[str, Any]:
     """Broadcast a Celery control command as ``app.control`` does; return replies by node."""
-    from django_ray import control
+    from django_ray.celery import control
     from django_ray.exceptions import ModeNotAvailable
 
     try:
@@ -535,7 +535,7 @@ def revoke(
     as_json: bool,
 ) -> None:
     """Keep tasks from starting (REVOKED); --terminate stops a running one too."""
-    from django_ray import results
+    from django_ray.celery import results
     from django_ray.models import TaskRecord
 
     marked = results.revoke(ids)

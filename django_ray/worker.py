@@ -22,7 +22,8 @@ from typing import Any
 from django.db import DatabaseError
 from django.utils import timezone
 
-from django_ray import control, schedule
+from django_ray import schedule
+from django_ray.celery import control
 from django_ray.exceptions import MalformedMessage
 from django_ray.message import TaskMessage
 from django_ray.records import record_for

@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 from django.conf import settings
 from django.utils import timezone
 
-from django_ray.celery_format import node_name
+from django_ray.celery.wire import node_name
 from django_ray.cli import CHECK_BROKER, CHECK_FAILED, CHECK_STALE, main, parse_duration
 from django_ray.message import TaskMessage, new_task_id
 from django_ray.models import QueueMessage, TaskRecord, TaskStatus

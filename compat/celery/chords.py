@@ -6,7 +6,7 @@ there, and, as a Celery client does (``backend.set_chord_size``, the
 module for the chord a workflow starts with, the worker for a chord it sends later (a
 chord after the first step of a chain, or a chord in a chord's body). Without a result
 backend nothing is stored: the worker joins the header through the ``TaskRecord`` rows
-created with the header messages (``django_ray.chords``).
+created with the header messages (``django_ray.celery.chords``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def prepare_chords(frozen: Mapping[str, Any]) -> None:
     size = len(header["kwargs"]["tasks"])
     if not size:  # an empty header: the body is sent at once, nothing to join
         return
-    from django_ray import results
+    from django_ray.celery import results
 
     results.store().set_chord_size(header["options"]["task_id"], size)
 

@@ -209,7 +209,7 @@ class AsyncResult(ResultBase):
 
         A task already running finishes (as with Celery's ``terminate=False``).
         """
-        from django_ray import results
+        from django_ray.celery import results
 
         if terminate:
             raise NotSupported(

@@ -23,7 +23,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from django_ray import celery_format as fmt
+from django_ray.celery import wire as fmt
 from django_ray.message import TaskMessage
 from django_ray.runtime.execute import json_result
 from django_ray.runtime.settle import Verdict

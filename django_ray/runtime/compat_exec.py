@@ -24,8 +24,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from django_ray import celery_format as fmt
-from django_ray import results
+from django_ray.celery import results
+from django_ray.celery import wire as fmt
 from django_ray.message import TaskMessage
 from django_ray.runtime.celery_exec import retry_eta
 from django_ray.runtime.execute import json_result

@@ -91,7 +91,8 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
     from django.tasks.exceptions import InvalidTask, InvalidTaskBackend
     from django.utils import timezone
 
-    from django_ray import registry, results
+    from django_ray import registry
+    from django_ray.celery import results
     from django_ray.exceptions import NotRegistered
     from django_ray.records import record_for
     from django_ray.runtime import django_exec, settle
@@ -109,7 +110,7 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
         logger.info("Task %s [%s] already %s; skipping.", message.task, message.id, record.status)
         publish: tuple[TaskMessage, ...] = ()
         if record.celery_state == "REVOKED":
-            # Revoked before it started (django_ray.control): tell its Celery client now.
+            # Revoked before it started (django_ray.celery.control): tell its Celery client now.
             publish = tuple(results.mirror(record, message))
         elif message.chord is not None:
             publish = tuple(results.store().redelivered(message))

@@ -95,7 +95,7 @@ def _store_chord_sizes(messages: Sequence[TaskMessage]) -> None:
     }
     if not sizes:
         return
-    from django_ray import results
+    from django_ray.celery import results
 
     target = results.store()
     for group_id, size in sizes.items():

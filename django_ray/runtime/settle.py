@@ -127,7 +127,7 @@ def _succeeded(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
 
 
 def _failed(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
-    from django_ray import results
+    from django_ray.celery import results
     from django_ray.runtime.execute import error_info
 
     error = verdict.error if verdict.error is not None else RuntimeError("no error recorded")
@@ -264,7 +264,7 @@ def failed(
 
 def revoked(message: TaskMessage, reason: str, *, record: Any = None) -> Outcome:
     """Record REVOKED with ``reason`` ("expired", "revoked", "terminated")."""
-    from django_ray import results
+    from django_ray.celery import results
 
     record = _fresh(message) if record is None else record
     if record.is_finished:
@@ -351,7 +351,7 @@ def max_attempts(message: TaskMessage) -> int:
 
 
 def _store() -> Any:
-    from django_ray import results
+    from django_ray.celery import results
 
     return results.store()
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from django_ray.celery_format import node_name
+from django_ray.celery.wire import node_name
 from tests.celery_interop import cw_tasks
 from tests.celery_interop.celery_app import RUN, app
 from tests.celery_interop.workers import (

@@ -16,9 +16,10 @@ from celery import exceptions as celery_exceptions
 
 from compat.celery import exceptions as compat_exceptions
 from compat.celery.messages import to_django_priority
-from django_ray import registry, results
+from django_ray import registry
+from django_ray.celery import results
+from django_ray.celery.stores import RedisStore
 from django_ray.message import TaskMessage
-from django_ray.result_stores import RedisStore
 from django_ray.runtime import follow_ups
 from django_ray.runtime.celery_exec import is_celery_task
 from tests.celery_interop.celery_app import app

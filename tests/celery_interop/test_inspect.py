@@ -18,7 +18,7 @@ import pytest
 import redis
 from celery import Celery
 
-from django_ray.celery_format import node_name
+from django_ray.celery.wire import node_name
 from tests.celery_interop import cw_tasks
 from tests.celery_interop.celery_app import RUN, app, client_app
 from tests.celery_interop.workers import (

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from django_ray.control import ControlListener
+from django_ray.celery.control import ControlListener
 from django_ray.message import TaskMessage
 from django_ray.models import TaskRecord, TaskStatus
 from django_ray.runners.job import JobRunner, submission_id
@@ -65,7 +65,7 @@ def test_the_control_listener_asks_the_runner(monkeypatch: pytest.MonkeyPatch) -
         asked.append(task_id)
         return True
 
-    monkeypatch.setattr("django_ray.results.revoke", lambda ids: [])
+    monkeypatch.setattr("django_ray.celery.results.revoke", lambda ids: [])
     listener = ControlListener(connection=None, hostname="h", terminate=terminate)  # type: ignore[arg-type]
     listener._revoke(None, ["a", "b"], terminate=True)
     listener._revoke(None, "c", terminate=False)

@@ -10,11 +10,11 @@ import redis
 from celery.app.task import Context
 from django.test import override_settings
 
-from django_ray import celery_format as fmt
-from django_ray import results
+from django_ray.celery import results
+from django_ray.celery import wire as fmt
+from django_ray.celery.stores import RedisStore
 from django_ray.message import TaskMessage
 from django_ray.models import TaskRecord, TaskStatus
-from django_ray.result_stores import RedisStore
 from django_ray.runtime.time_limits import (
     HardTimeLimit,
     SoftTimeLimitExceeded,

@@ -56,7 +56,7 @@ class ChordSizes(dict[str, int]):
 def chord_store(monkeypatch: pytest.MonkeyPatch) -> ChordSizes:
     """Give the worker a result store (chords need one) that records the chord sizes."""
     store = ChordSizes()
-    monkeypatch.setattr("django_ray.results.store", lambda: store)
+    monkeypatch.setattr("django_ray.celery.results.store", lambda: store)
     return store
 
 

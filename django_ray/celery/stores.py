@@ -8,7 +8,7 @@ of a chain, calls errbacks and counts chord parts. ``RedisStore`` writes the sam
 returns the follow-up messages (errbacks, a chord body) for the worker to publish. Both
 store a chord's header size (``set_chord_size``) for whoever sends its header.
 ``RecordStore`` writes nothing (the record already holds the outcome) and joins chords
-through ``TaskRecord`` (``django_ray.chords``), so there is always a store and no caller
+through ``TaskRecord`` (``django_ray.celery.chords``), so there is always a store and no caller
 branches on "no result backend".
 """
 
@@ -19,8 +19,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from django_ray import celery_format as fmt
-from django_ray import chords
+from django_ray.celery import chords, states
+from django_ray.celery import wire as fmt
 from django_ray.message import TaskMessage
 from django_ray.runtime import follow_ups
 
@@ -115,7 +115,7 @@ class CeleryAppStore:
         import os
 
         self.backend.store_result(
-            message.id, {"pid": os.getpid(), "hostname": hostname}, fmt.STARTED,
+            message.id, {"pid": os.getpid(), "hostname": hostname}, states.STARTED,
             request=self.context(message, hostname),
         )  # fmt: skip
 
@@ -195,7 +195,7 @@ class RedisStore:
         """SETEX and PUBLISH ``meta`` under ``celery-task-meta-<id>``, unless already SUCCESS."""
         key = f"celery-task-meta-{task_id}"
         current = self.client.get(key)
-        if current is not None and json.loads(current).get("status") == fmt.SUCCESS:
+        if current is not None and json.loads(current).get("status") == states.SUCCESS:
             return
         payload = json.dumps(meta)
         with self.client.pipeline() as pipe:
@@ -232,33 +232,33 @@ class RedisStore:
     def started(self, message: TaskMessage, hostname: str) -> None:
         import os
 
-        self._store(message, fmt.STARTED, {"pid": os.getpid(), "hostname": hostname})
+        self._store(message, states.STARTED, {"pid": os.getpid(), "hostname": hostname})
 
     def done(
         self, message: TaskMessage, value: Any, *, children: Sequence[str], store: bool
     ) -> list[TaskMessage]:
         if store:
-            self._store(message, fmt.SUCCESS, value, children=children)
-        return self._chord_part(message, fmt.SUCCESS, value)
+            self._store(message, states.SUCCESS, value, children=children)
+        return self._chord_part(message, states.SUCCESS, value)
 
     def failed(
         self, message: TaskMessage, exc: BaseException, traceback: str | None, *, store: bool
     ) -> list[TaskMessage]:
         encoded = fmt.encode_exception(exc)
         if store:
-            self._store(message, fmt.FAILURE, encoded, traceback)
+            self._store(message, states.FAILURE, encoded, traceback)
         for step in message.chain:  # the rest of a chain fails with it, so get() raises
             step_id = (step.get("options") or {}).get("task_id")
             if step_id:
-                self.set(step_id, fmt.result_meta(step_id, fmt.FAILURE, encoded, traceback))
-        return self._chord_part(message, fmt.FAILURE, encoded) + follow_ups.errbacks(message)
+                self.set(step_id, fmt.result_meta(step_id, states.FAILURE, encoded, traceback))
+        return self._chord_part(message, states.FAILURE, encoded) + follow_ups.errbacks(message)
 
     def retried(
         self, message: TaskMessage, exc: BaseException | None, traceback: str | None
     ) -> None:
         # Celery stores the exc given to retry(), or null when there was none.
         encoded = fmt.encode_exception(exc) if exc is not None else None
-        self._store(message, fmt.RETRY, encoded, traceback)
+        self._store(message, states.RETRY, encoded, traceback)
 
     def revoked(
         self, task_id: str, reason: str, message: TaskMessage | None = None
@@ -269,10 +269,10 @@ class RedisStore:
             "exc_module": "celery.exceptions",
         }
         if message is None:
-            self.set(task_id, fmt.result_meta(task_id, fmt.REVOKED, encoded))
+            self.set(task_id, fmt.result_meta(task_id, states.REVOKED, encoded))
             return []
-        self._store(message, fmt.REVOKED, encoded)
-        return self._chord_part(message, fmt.REVOKED, encoded)
+        self._store(message, states.REVOKED, encoded)
+        return self._chord_part(message, states.REVOKED, encoded)
 
     def set_chord_size(self, group_id: str, size: int) -> None:
         """Store a chord's header size, as a Celery client applying the chord does."""
@@ -308,7 +308,7 @@ class RedisStore:
         self.client.set(keys[4], "done", ex=300)
         body = message.chord
         body_id = (body.get("options") or {}).get("task_id") or ""
-        failed = next((p for p in parts if p[2] in (fmt.FAILURE, fmt.REVOKED)), None)
+        failed = next((p for p in parts if p[2] in (states.FAILURE, states.REVOKED)), None)
         if failed is not None:
             # Celery stores ChordError on the body when a header part failed.
             error = {
@@ -317,6 +317,6 @@ class RedisStore:
                 "exc_module": "celery.exceptions",
             }
             if body_id:
-                self.set(body_id, fmt.result_meta(body_id, fmt.FAILURE, error))
+                self.set(body_id, fmt.result_meta(body_id, states.FAILURE, error))
             return []
         return follow_ups.chord_body(message, [p[3] for p in parts])

@@ -49,7 +49,7 @@ from kombu import Connection
 from kombu.clocks import LamportClock
 from kombu.pidbox import Mailbox
 
-from django_ray import celery_format as fmt
+from django_ray.celery import wire as fmt
 from django_ray.runtime import time_limits
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from django_ray.runners import BaseRunner
     from django_ray.runtime.settle import Outcome
 
-logger = logging.getLogger("django_ray.control")
+logger = logging.getLogger("django_ray.celery.control")
 
 __all__ = [
     "COMMANDS", "ControlListener", "EventSender", "WorkerView", "events_enabled",
@@ -295,7 +295,7 @@ class ControlListener(threading.Thread):
         """Handle ``revoke``: keep the ids from starting (a running task finishes)."""
         from django.db import close_old_connections
 
-        from django_ray import results
+        from django_ray.celery import results
 
         ids = [task_id] if isinstance(task_id, str) else [str(t) for t in task_id or ()]
         close_old_connections()

@@ -1,6 +1,6 @@
 """Celery's request, signature and result formats, built without importing Celery.
 
-Shared by the Celery result stores (``django_ray.result_stores``) and the executors of
+Shared by the Celery result stores (``django_ray.celery.stores``) and the executors of
 Celery-style tasks (``django_ray.runtime.celery_exec``, ``django_ray.runtime.compat_exec``),
 so a task run by ``django_ray_worker`` looks to an unchanged Celery client exactly as if a
 Celery worker had run it (the format is in ``celery/backends/base.py``, ``_get_result_meta``).
@@ -14,6 +14,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from django_ray.celery.states import (
+    EXCEPTION_STATES,
+    READY_STATES,
+)
 from django_ray.message import TaskMessage
 
 __all__ = [
@@ -28,10 +32,6 @@ __all__ = [
     "result_tuple",
 ]
 
-PENDING, STARTED, RETRY = "PENDING", "STARTED", "RETRY"
-SUCCESS, FAILURE, REVOKED = "SUCCESS", "FAILURE", "REVOKED"
-READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
-EXCEPTION_STATES = frozenset({RETRY, FAILURE, REVOKED})
 # Where a class lives for a Celery client, when ours stands in for Celery's own: an
 # unchanged Celery client then re-raises Celery's class (``celery.exceptions`` re-exports
 # billiard's time-limit and worker-lost errors, and Celery stores them under billiard).

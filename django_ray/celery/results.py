@@ -13,16 +13,15 @@ written when their message comes up.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import sys
 import threading
 from collections.abc import Iterable
 from typing import Any
 
-from django_ray import celery_format as fmt
+from django_ray.celery import failures
+from django_ray.celery import wire as fmt
+from django_ray.celery.stores import CeleryAppStore, RecordStore, RedisStore, ResultStore
 from django_ray.message import TaskMessage
-from django_ray.result_stores import CeleryAppStore, RecordStore, RedisStore, ResultStore
 
 logger = logging.getLogger(__name__)
 
@@ -154,9 +153,9 @@ def _exception(record: Any, message: TaskMessage) -> BaseException:
 
 
 def _named(path: str, args: list[Any], message: TaskMessage) -> BaseException:
-    """Return an instance of the exception class at ``path`` (Celery's, for ours) with ``args``."""
+    """Return the exception at ``path`` (Celery's, for ours) with ``args``, as Celery stores it."""
     if path in CELERY_NAMES:
-        module, name = CELERY_NAMES[path]
+        name = CELERY_NAMES[path][1]
         # Celery stores NotRegistered(<task name>), TimeLimitExceeded(<seconds>) and
         # InvalidTaskError(<reason>) / WorkerLostError(<reason>).
         if name == "NotRegistered":
@@ -165,26 +164,7 @@ def _named(path: str, args: list[Any], message: TaskMessage) -> BaseException:
             args = [fmt.plain_number(message.time_limit)] if message.time_limit else []
         else:
             args = args[:1]
-        return _instance(module, name, args)
-    module, _, name = path.rpartition(".")
-    return _instance(module, name, args)
-
-
-def _instance(module_name: str, name: str, args: list[Any]) -> BaseException:
-    # Like Celery's exception_to_python: only a module already loaded is looked in, so
-    # nothing is imported on behalf of a record (and Celery is never imported here).
-    cls: Any = None
-    module = sys.modules.get(module_name)
-    with contextlib.suppress(AttributeError):
-        for part in name.split("."):
-            cls = getattr(cls or module, part)
-    if not (isinstance(cls, type) and issubclass(cls, BaseException)):
-        # Keep the name and module the client decodes, without the class itself.
-        cls = type(name, (Exception,), {"__module__": module_name, "__qualname__": name})
-    try:
-        return cls(*args)
-    except Exception:
-        return Exception(*args)
+    return failures.rebuild(path, args)
 
 
 def _traceback(record: Any) -> str | None:
