@@ -20,7 +20,6 @@ from asgiref.sync import sync_to_async
 from django.apps import apps
 from django.core import checks
 from django.core.exceptions import ValidationError
-from django.db import DEFAULT_DB_ALIAS, router, transaction
 from django.tasks import Task, TaskResult
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.exceptions import TaskResultDoesNotExist
@@ -29,7 +28,6 @@ from django.tasks.signals import task_enqueued
 from django_ray import registry
 from django_ray.exceptions import ImproperlyConfiguredRay, NotRegistered
 from django_ray.message import TaskMessage, new_task_id, normalize_arguments
-from django_ray.transport import publish
 
 # django_ray.models (TaskRecord) is imported where it is used: a project that forgot
 # "django_ray" in INSTALLED_APPS can still import its tasks modules and run `manage.py
@@ -90,8 +88,8 @@ class RayTaskBackend(BaseTaskBackend):
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
         require_app()
-        from django_ray.models import TaskRecord
-        from django_ray.records import record_fields, to_task_result
+        from django_ray.enqueue import enqueue
+        from django_ray.records import to_task_result
 
         self.validate_task(task)
         # Rejects non-JSON arguments with TypeError before anything is written.
@@ -107,10 +105,7 @@ class RayTaskBackend(BaseTaskBackend):
             time_limit=getattr(task, "time_limit", None),
             backend=self.alias,
         )
-        using = router.db_for_write(TaskRecord) or DEFAULT_DB_ALIAS
-        with transaction.atomic(using=using):
-            record = TaskRecord.objects.using(using).create(id=message.id, **record_fields(message))
-            publish(message, using=using)
+        (record,) = enqueue((message,))
         result = to_task_result(record, task)
         task_enqueued.send(sender=type(self), task_result=result)
         return result

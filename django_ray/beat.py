@@ -35,6 +35,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from django_ray import conf, registry
+from django_ray.celery import client
 from django_ray.exceptions import ImproperlyConfiguredRay, NotRegistered
 
 logger = logging.getLogger(__name__)
@@ -374,23 +375,12 @@ def _declared(name: str, raw: Any, origin: str) -> Declared:
 
 
 def _celery_schedules() -> list[tuple[str, Any]]:
-    """The beat schedules of the Celery side: settings, the real app, the compat app."""
+    """The beat schedules of the Celery side: the settings, and the app of the sending side
+    (the project's real Celery app, or the compat.celery app)."""
     found: list[tuple[str, Any]] = [
         ("CELERY_BEAT_SCHEDULE", getattr(settings, "CELERY_BEAT_SCHEDULE", None))
     ]
-    app = registry.celery_app()
-    if app is not None:
-        found.append(
-            (f"the beat_schedule of {conf.get('CELERY_APP')}", app.conf.get("beat_schedule"))
-        )
-    else:
-        from compat.celery import local  # the compat app, if the project made one
-
-        found.append(
-            ("the beat_schedule of the compat.celery app", local.get_current_app().conf.get(
-                "beat_schedule"
-            ))
-        )  # fmt: skip
+    found.append(client.current().beat_schedule())
     return found
 
 
@@ -463,14 +453,11 @@ def _django_task(task: Any, options: Mapping[str, Any]) -> Any:
 
 
 def _celery_message(task: str, args: Any, kwargs: Any, options: Mapping[str, Any]) -> Any:
-    # The same builder as apply_async/send_task (routing, defaults, option checks).
-    from compat.celery import local
-    from compat.celery.messages import build_message
+    # The same builder as apply_async/send_task (routing, defaults, option checks), with
+    # the settings of whichever side declares the task (django_ray.celery.client).
+    from django_ray.celery.send import build_message
 
-    app = local.get_current_app()
-    obj = registry.resolve(task).obj
-    compat_task = obj if type(obj).__module__.startswith("compat.") else None
-    return app, build_message(task, args, kwargs, dict(options), app=app, task=compat_task)
+    return build_message(task, args, kwargs, dict(options))
 
 
 def enqueue(task: str, args: Any, kwargs: Any, options: Mapping[str, Any]) -> str:
@@ -479,10 +466,10 @@ def enqueue(task: str, args: Any, kwargs: Any, options: Mapping[str, Any]) -> st
     if entry.kind == "django":
         result = _django_task(entry.obj, options).enqueue(*args, **kwargs)
         return str(result.id)
-    from compat.celery.producer import send
+    from django_ray.enqueue import enqueue as enqueue_messages
 
-    app, message = _celery_message(task, args, kwargs, options)
-    send((message,), app=app, eager=False)
+    message = _celery_message(task, args, kwargs, options)
+    enqueue_messages((message,))
     return str(message.id)
 
 

@@ -11,6 +11,7 @@ __all__ = [
     "MalformedMessage",
     "ModeNotAvailable",
     "NotRegistered",
+    "NotSupported",
     "PreflightFailed",
     "ProcessSetupFailed",
     "RequeueLimitExceeded",
@@ -42,6 +43,10 @@ class NotRegistered(DjangoRayError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class NotSupported(DjangoRayError, NotImplementedError):
+    """A Celery option, route or signature that django-ray does not honour (never ignored)."""
 
 
 class ProcessSetupFailed(DjangoRayError):

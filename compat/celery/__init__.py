@@ -8,7 +8,7 @@ is listed in docs/celery-migration.md; anything else raises ``NotSupported``.
 
 from __future__ import annotations
 
-from compat.celery import exceptions, states
+from compat.celery import exceptions, messages, states
 from compat.celery.app import Celery
 from compat.celery.canvas import Signature, chain, chord, group, maybe_signature, signature, subtask
 from compat.celery.decorators import shared_task
@@ -16,6 +16,8 @@ from compat.celery.local import current_app, current_task
 from compat.celery.result import AsyncResult, GroupResult
 from compat.celery.task import Task
 from django_ray.message import new_task_id as uuid
+
+messages.install()  # messages built anywhere in this process use compat's app and tasks
 
 __all__ = [  # noqa: RUF022  (grouped by purpose, not sorted)
     # The app and declaring tasks

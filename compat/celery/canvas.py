@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from compat.celery.workflow import freeze, message_from_signature, messages_from_signature, plain
+from django_ray.celery.canvas import freeze, message_from_signature, messages_from_signature, plain
 
 if TYPE_CHECKING:
     from compat.celery.result import AsyncResult, GroupResult

@@ -15,15 +15,14 @@ from typing import Any
 from django.utils.module_loading import import_string
 
 from compat.celery.exceptions import ImproperlyConfigured, NotSupported
+from django_ray.celery.client import SEND_DEFAULTS
 
 __all__ = ["DEFAULTS", "Settings", "check_producer_settings"]
 
 DEFAULTS: dict[str, Any] = {
+    **SEND_DEFAULTS,  # the settings a message is built with (django_ray.celery.client)
     "task_always_eager": False,
     "task_eager_propagates": False,
-    "task_default_queue": "celery",
-    "task_default_priority": None,
-    "task_routes": None,
     "task_time_limit": None,
     "task_soft_time_limit": None,
     "task_acks_late": False,
@@ -36,7 +35,6 @@ DEFAULTS: dict[str, Any] = {
     "task_protocol": 2,
     "task_annotations": None,
     "task_compression": None,
-    "task_inherit_parent_priority": False,
     "result_expires": 86400,
     "timezone": None,
     "enable_utc": True,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ImproperlyConfigured as DjangoImproperlyConfigured
 
 from django_ray.exceptions import NotRegistered as CoreNotRegistered
+from django_ray.exceptions import NotSupported as CoreNotSupported
 
 if TYPE_CHECKING:
     from compat.celery.canvas import Signature
@@ -43,7 +44,7 @@ class CeleryError(Exception):
     """Root of every compat.celery error."""
 
 
-class NotSupported(CeleryError, NotImplementedError):
+class NotSupported(CeleryError, CoreNotSupported):
     """A Celery option or call that compat.celery does not implement.
 
     Raised where the option is used, never ignored; the message names the option and

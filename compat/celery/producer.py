@@ -19,16 +19,14 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from django.db import DEFAULT_DB_ALIAS, router, transaction
-
 from compat.celery import local
-from compat.celery.chords import prepare_chords
 from compat.celery.config import check_producer_settings
 from compat.celery.failures import exception_from_error
 from compat.celery.result import AsyncResult, GroupResult, ResultBase
-from compat.celery.workflow import freeze, messages_from_signature, with_kwargs
+from django_ray.celery import results
+from django_ray.celery.canvas import freeze, messages_from_signature, with_kwargs
+from django_ray.enqueue import enqueue
 from django_ray.message import TaskMessage
-from django_ray.transport import publish
 
 if TYPE_CHECKING:
     from compat.celery.app import Celery
@@ -48,28 +46,11 @@ def send(
     ``eager=None`` follows ``task_always_eager``; ``propagate=None`` follows
     ``task_eager_propagates``.
     """
-    from django_ray.models import TaskRecord
-    from django_ray.records import record_fields
-
     app = app or local.get_current_app()
     check_producer_settings(app.conf)
     if eager is None:
         eager = bool(app.conf.task_always_eager)
-    using = router.db_for_write(TaskRecord) or DEFAULT_DB_ALIAS
-    taken = list(
-        TaskRecord.objects.using(using)
-        .filter(pk__in=[m.id for m in messages])
-        .values_list("pk", flat=True)
-    )
-    if taken:
-        raise ValueError(
-            f"Task id {taken[0]!r} is already used by another task; pass a new task_id."
-        )
-    with transaction.atomic(using=using):
-        for message in messages:
-            TaskRecord.objects.using(using).create(id=message.id, **record_fields(message))
-            if not eager:
-                publish(message, using=using)
+    enqueue(messages, publish_messages=not eager)
     if eager:
         if propagate is None:
             propagate = bool(app.conf.task_eager_propagates)
@@ -88,8 +69,9 @@ def send_signature(
     if kwargs:
         sig = with_kwargs(dict(sig), kwargs)
     frozen = freeze(sig)
-    prepare_chords(frozen)
-    send(messages_from_signature(frozen, args_prefix=tuple(args)), eager=eager)
+    messages = messages_from_signature(frozen, args_prefix=tuple(args))
+    results.store_chord_sizes(messages)
+    send(messages, eager=eager)
     return result_from_signature(frozen)
 
 

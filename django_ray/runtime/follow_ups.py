@@ -1,8 +1,7 @@
 """The messages a finished Celery-style task sends on: callbacks, the next chain step, errbacks
-and a chord body, built by compat.celery's canvas builder (the one builder of the project).
+and a chord body, built by the one canvas builder (``django_ray.celery.canvas``).
 
-``compat.celery`` is our own package and never imports Celery, so the worker uses its
-``messages_from_signature`` for what a producer would have built: Celery routing
+The worker builds what a producer would have built: Celery routing
 (``task_routes``, the task's queue, ``task_default_queue``), priority, eta/expires,
 headers, pre-assigned ids, nested chords. Several ``link`` callbacks become one group, as
 in Celery's tracer (``celery/app/trace.py``). Whoever sends a chord's header messages
@@ -30,12 +29,13 @@ def build(
     chain: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[TaskMessage]:
     """Return the messages applying ``sig`` publishes after ``parent`` (``prefix`` prepended)."""
-    from compat.celery.workflow import messages_from_signature
+    from django_ray.celery import results
+    from django_ray.celery.canvas import messages_from_signature
 
     if chain is None:  # never inherit the parent's chain by accident
         chain = list((sig.get("options") or {}).get("chain") or ())
     messages = list(messages_from_signature(sig, args_prefix=prefix, parent=parent, chain=chain))
-    _store_chord_sizes(messages)
+    results.store_chord_sizes(messages)
     return messages
 
 
@@ -84,19 +84,3 @@ def _group(tasks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "subtask_type": "group",
         "immutable": False,
     }
-
-
-def _store_chord_sizes(messages: Sequence[TaskMessage]) -> None:
-    """Store the header size of each chord ``messages`` start (needed by Celery's backend)."""
-    sizes = {
-        m.group: int(m.chord.get("chord_size") or 0)
-        for m in messages
-        if m.chord is not None and m.group
-    }
-    if not sizes:
-        return
-    from django_ray.celery import results
-
-    target = results.store()
-    for group_id, size in sizes.items():
-        target.set_chord_size(group_id, size)

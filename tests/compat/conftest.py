@@ -19,7 +19,7 @@ def published(monkeypatch: pytest.MonkeyPatch) -> list[TaskMessage]:
     def capture(message: TaskMessage, *, using: str | None = None) -> None:
         sent.append(message)
 
-    monkeypatch.setattr("compat.celery.producer.publish", capture)
+    monkeypatch.setattr("django_ray.enqueue.publish", capture)
     return sent
 
 

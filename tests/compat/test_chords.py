@@ -20,8 +20,8 @@ from django.db import connection, connections
 
 from compat.celery import chain, chord, group
 from compat.celery.exceptions import ChordError
-from compat.celery.workflow import freeze
 from django_ray.celery import chords
+from django_ray.celery.canvas import freeze
 from django_ray.message import TaskMessage, new_task_id
 from django_ray.models import TaskRecord, TaskStatus
 from tests.compat.compat_tasks import TransientError, add, append_json, collect, fail, tsum

@@ -1,8 +1,8 @@
 """Canvas on the wire: freeze signature dicts and turn them into ``TaskMessage``s.
 
-Producers (``Signature.apply_async``) and the worker (after a task finishes: the next
-chain step, callbacks, a chord body) use the same functions, so a workflow is encoded
-one way only, as Celery encodes it:
+Producers (``compat``'s ``Signature.apply_async``) and the worker (after a task finishes:
+the next chain step, callbacks, a chord body: ``runtime.follow_ups``) use the same
+functions, so a workflow is encoded one way only, as Celery encodes it:
 
 * chain: one message for the first step, whose ``embed.chain`` lists the remaining
   steps *reversed* (the next one last), each with its pre-assigned ``options.task_id``;
@@ -20,8 +20,8 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from compat.celery.exceptions import NotSupported
-from compat.celery.messages import build_message
+from django_ray.celery import client
+from django_ray.celery.send import build_message
 from django_ray.message import TaskMessage, new_task_id
 
 __all__ = [
@@ -68,7 +68,7 @@ def freeze(signature: Mapping[str, Any]) -> Sig:
         sig["options"] = {}
         sig["kwargs"]["header"], sig["kwargs"]["body"] = freeze(header_sig), freeze(body)
     elif kind:
-        raise NotSupported(f"Signature type {kind!r} is not supported by compat.celery.")
+        raise client.unsupported(f"Signature type {kind!r} is not supported by django-ray.")
     else:
         options.setdefault("task_id", new_task_id())
     return sig
@@ -176,17 +176,12 @@ def messages_from_signature(
 def _task_message(
     sig: Sig, args_prefix: Sequence[Any], parent: TaskMessage | None, chain: Sequence[Any]
 ) -> TaskMessage:
-    from compat.celery.decorators import lookup_task
-
     options = dict(sig.get("options") or {})
     options["chain"] = list(chain) or None
     args = list(sig.get("args") or ())
     if not sig.get("immutable"):
         args = [*args_prefix, *args]
-    app, task = lookup_task(sig["task"])
-    return build_message(
-        sig["task"], args, sig.get("kwargs") or {}, options, app=app, task=task, parent=parent
-    )
+    return build_message(sig["task"], args, sig.get("kwargs") or {}, options, parent=parent)
 
 
 def _chord_messages(
@@ -249,8 +244,8 @@ def _splice(steps: list[Sig]) -> list[Sig]:
 
 def _plain_task(sig: Mapping[str, Any], where: str) -> Sig:
     if sig.get("subtask_type"):
-        raise NotSupported(
-            f"A {sig['subtask_type']!r} inside a {where} is not supported by compat.celery; "
+        raise client.unsupported(
+            f"A {sig['subtask_type']!r} inside a {where} is not supported by django-ray; "
             "use task signatures there."
         )
     return plain(sig)

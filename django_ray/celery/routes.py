@@ -15,7 +15,7 @@ from typing import Any
 
 from django.utils.module_loading import import_string
 
-from compat.celery.exceptions import NotSupported
+from django_ray.celery import client
 
 __all__ = ["route"]
 
@@ -53,7 +53,9 @@ def _routers(routes: Any) -> list[Router]:
         elif callable(item):
             routers.append(item)
         else:
-            raise NotSupported(f"Unsupported task_routes entry {item!r}: use a dict or a callable.")
+            raise client.unsupported(
+                f"Unsupported task_routes entry {item!r}: use a dict or a callable."
+            )
     return routers
 
 
@@ -83,11 +85,13 @@ def _expand(found: Any, name: str) -> dict[str, Any]:
     if isinstance(found, str):
         return {"queue": found}
     if not isinstance(found, Mapping):
-        raise NotSupported(f"Route {found!r} for task {name!r} is not a dict or a queue name.")
+        raise client.unsupported(
+            f"Route {found!r} for task {name!r} is not a dict or a queue name."
+        )
     extra = set(found) - ROUTE_KEYS
     if extra:
-        raise NotSupported(
+        raise client.unsupported(
             f"Route option(s) {sorted(extra)!r} for task {name!r} are not supported: "
-            "compat.celery routes by queue (and priority) only."
+            "django-ray routes by queue (and priority) only."
         )
     return {k: v for k, v in found.items() if v is not None}
