@@ -322,7 +322,7 @@ class PeriodicEntry(models.Model):
     def clean(self) -> None:
         from django.core.exceptions import ValidationError
 
-        from django_ray.beat import parse_schedule
+        from django_ray.timetable import parse_schedule
 
         try:
             parse_schedule(self.schedule)
