@@ -25,6 +25,7 @@ from compat.celery.failures import exception_from_error
 from compat.celery.result import AsyncResult, GroupResult, ResultBase
 from django_ray.celery import results
 from django_ray.celery.canvas import freeze, messages_from_signature, with_kwargs
+from django_ray.celery.follow_ups import store_chord_sizes
 from django_ray.enqueue import enqueue
 from django_ray.message import TaskMessage
 
@@ -70,7 +71,7 @@ def send_signature(
         sig = with_kwargs(dict(sig), kwargs)
     frozen = freeze(sig)
     messages = messages_from_signature(frozen, args_prefix=tuple(args))
-    results.store_chord_sizes(messages)
+    store_chord_sizes(results.store(), messages)
     send(messages, eager=eager)
     return result_from_signature(frozen)
 

@@ -1,7 +1,7 @@
 """Canvas on the wire: freeze signature dicts and turn them into ``TaskMessage``s.
 
 Producers (``compat``'s ``Signature.apply_async``) and the worker (after a task finishes:
-the next chain step, callbacks, a chord body: ``runtime.follow_ups``) use the same
+the next chain step, callbacks, a chord body: ``celery.follow_ups``) use the same
 functions, so a workflow is encoded one way only, as Celery encodes it:
 
 * chain: one message for the first step, whose ``embed.chain`` lists the remaining

@@ -24,6 +24,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
+from django_ray.celery import follow_ups
 from django_ray.message import TaskMessage
 
 logger = logging.getLogger(__name__)
@@ -58,9 +59,8 @@ def part_finished(message: TaskMessage) -> list[TaskMessage]:
         return []
     failed = next((row for row in finished if row[2] != "SUCCESSFUL"), None)
     results = _in_order(finished)
-    from django_ray.runtime import follow_ups
-
-    body = follow_ups.chord_body(message, [] if failed is not None else results)
+    # Joined through the records: no header size to store for a chord in the body.
+    body = follow_ups.chord_body(message, [] if failed is not None else results, store=None)
     if not body or not _claim(body):
         return []
     if failed is None:
@@ -96,7 +96,6 @@ def _fail_body(
 ) -> list[TaskMessage]:
     """Store ``ChordError`` on the body; return the body's errbacks to send."""
     from django_ray.models import TaskRecord
-    from django_ray.runtime import follow_ups
 
     part_id, _, _, _, errors = failed
     cause = str((errors[-1] if errors else {}).get("exception_class_path") or "an error")
@@ -107,4 +106,4 @@ def _fail_body(
     for record in TaskRecord.objects.filter(pk__in=[m.id for m in body]):
         record.mark_failed(error)
     # A chain after the body is not sent; its results follow their failed parent.
-    return [errback for m in body for errback in follow_ups.errbacks(m)]
+    return [errback for m in body for errback in follow_ups.errbacks(m, store=None)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from django_ray.celery import failures
@@ -170,22 +170,3 @@ def _named(path: str, args: list[Any], message: TaskMessage) -> BaseException:
 def _traceback(record: Any) -> str | None:
     text = (record.last_error or {}).get("traceback")
     return text or None
-
-
-def store_chord_sizes(messages: Sequence[TaskMessage]) -> None:
-    """Store the header size of each chord that ``messages`` (just built) start.
-
-    Celery's backends join a chord's header by its stored size, which whoever sends the
-    header stores (Celery's ``apply_chord``): the producer for a workflow it applies, the
-    worker for a chord it sends on (a chord after a chain step, in a chord's body).
-    """
-    sizes = {
-        m.group: int(m.chord.get("chord_size") or 0)
-        for m in messages
-        if m.chord is not None and m.group
-    }
-    if not sizes:
-        return
-    target = store()
-    for group_id, size in sizes.items():
-        target.set_chord_size(group_id, size)

@@ -19,10 +19,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from django_ray.celery import chords, states
+from django_ray.celery import chords, follow_ups, states
 from django_ray.celery import wire as fmt
 from django_ray.message import TaskMessage
-from django_ray.runtime import follow_ups
 
 __all__ = ["CeleryAppStore", "RecordStore", "RedisStore", "ResultStore"]
 
@@ -73,7 +72,7 @@ class RecordStore:
     def failed(
         self, message: TaskMessage, exc: BaseException, traceback: str | None, *, store: bool
     ) -> list[TaskMessage]:
-        return follow_ups.errbacks(message) + chords.part_finished(message)
+        return follow_ups.errbacks(message, store=None) + chords.part_finished(message)
 
     def retried(
         self, message: TaskMessage, exc: BaseException | None, traceback: str | None
@@ -251,7 +250,8 @@ class RedisStore:
             step_id = (step.get("options") or {}).get("task_id")
             if step_id:
                 self.set(step_id, fmt.result_meta(step_id, states.FAILURE, encoded, traceback))
-        return self._chord_part(message, states.FAILURE, encoded) + follow_ups.errbacks(message)
+        errbacks = follow_ups.errbacks(message, store=self)
+        return self._chord_part(message, states.FAILURE, encoded) + errbacks
 
     def retried(
         self, message: TaskMessage, exc: BaseException | None, traceback: str | None
@@ -319,4 +319,4 @@ class RedisStore:
             if body_id:
                 self.set(body_id, fmt.result_meta(body_id, states.FAILURE, error))
             return []
-        return follow_ups.chord_body(message, [p[3] for p in parts])
+        return follow_ups.chord_body(message, [p[3] for p in parts], store=self)

@@ -357,9 +357,9 @@ def _store() -> Any:
 
 
 def _on_success(message: TaskMessage, value: Any) -> list[TaskMessage]:
-    from django_ray.runtime.follow_ups import on_success
+    from django_ray.celery.follow_ups import on_success
 
-    return on_success(message, value)
+    return on_success(message, value, store=_store())
 
 
 def _guarded(

@@ -17,10 +17,9 @@ from celery import exceptions as celery_exceptions
 from compat.celery import exceptions as compat_exceptions
 from compat.celery.messages import to_django_priority
 from django_ray import registry
-from django_ray.celery import results
+from django_ray.celery import follow_ups, results
 from django_ray.celery.stores import RedisStore
 from django_ray.message import TaskMessage
-from django_ray.runtime import follow_ups
 from django_ray.runtime.celery_exec import is_celery_task
 from tests.celery_interop.celery_app import app
 from tests.celery_interop.workers import unique
@@ -48,7 +47,7 @@ def test_follow_ups_are_routed_as_celery_routes_them(
 ) -> None:
     settings.CELERY_TASK_DEFAULT_QUEUE = "routed-default"
     done = parent(callbacks=(sig(routed.name), sig("x.unknown")))
-    messages = follow_ups.on_success(done, 1)
+    messages = follow_ups.on_success(done, 1, store=results.store())
     # The task's own queue, then task_default_queue: never the parent's queue.
     assert [m.queue for m in messages] == ["other-queue", "routed-default"]
 
@@ -56,7 +55,7 @@ def test_follow_ups_are_routed_as_celery_routes_them(
 def test_follow_ups_keep_their_options(no_result_backend: None) -> None:
     step = sig(add.name, 1, task_id="step-id", priority=0, countdown=60, expires=600,
                headers={"x-trace": "t"})  # fmt: skip
-    [message] = follow_ups.on_success(parent(chain=(step,)), 2)
+    [message] = follow_ups.on_success(parent(chain=(step,)), 2, store=results.store())
     assert (message.id, message.args, message.priority) == (
         "step-id",
         (2, 1),
@@ -68,7 +67,7 @@ def test_follow_ups_keep_their_options(no_result_backend: None) -> None:
 
 def test_several_link_callbacks_become_one_group(no_result_backend: None) -> None:
     done = parent(callbacks=(sig(add.name, 1), sig(add.name, 2)))
-    first, second = follow_ups.on_success(done, 10)
+    first, second = follow_ups.on_success(done, 10, store=results.store())
     assert (first.args, second.args) == ((10, 1), (10, 2))
     assert first.group == second.group is not None
     assert (first.group_index, second.group_index) == (0, 1)
@@ -98,7 +97,7 @@ def test_chord_after_the_first_step_of_a_celery_chain(no_result_backend: None) -
     )
     first = celery_sent(canvas)
     chord_sig = first.chain[-1]
-    header = follow_ups.on_success(first, 2)
+    header = follow_ups.on_success(first, 2, store=results.store())
     assert [(m.args, m.group_index) for m in header] == [((2, 1), 0), ((2, 2), 1)]
     assert header[0].group == chord_sig["kwargs"]["header"]["options"]["task_id"]
     # The body keeps the id Celery gave it, so the client's result is the body's.
@@ -121,7 +120,7 @@ def test_a_chord_the_worker_sends_is_joined_in_redis(settings: Any) -> None:
             "tasks": [sig(add.name, 1), sig(add.name, 2)]}, "options": {},
             "subtask_type": "group", "immutable": False}, "body": sig(collect.name)},
     }  # fmt: skip
-    header = follow_ups.on_success(parent(chain=(chord_sig,)), 5)
+    header = follow_ups.on_success(parent(chain=(chord_sig,)), 5, store=store)
     assert store.client.get(f"celery-taskset-meta-{header[0].group}.s") == b"2"
     assert store.done(header[1], 7, children=[], store=True) == []
     [body] = store.done(header[0], 6, children=[], store=True)

@@ -147,14 +147,14 @@ def test_chord_without_a_result_backend_is_sent(published: list[TaskMessage]) ->
 def test_chord_after_the_first_step_is_sent_by_the_worker(
     published: list[TaskMessage], chord_store: ChordSizes
 ) -> None:
-    from django_ray.runtime import follow_ups
+    from django_ray.celery import follow_ups, results
 
     result = chain(add.s(1, 1), group(add.s(1), add.s(2)), tsum.s()).apply_async()
     [first] = published
     assert chord_store == {}  # nothing to join yet: the worker applies the chord
     [step] = first.chain
     assert step["subtask_type"] == "chord"
-    header = follow_ups.on_success(first, 2)
+    header = follow_ups.on_success(first, 2, store=results.store())
     assert [(m.task, m.args, m.group_index) for m in header] == [(ADD, (2, 1), 0), (ADD, (2, 2), 1)]
     assert header[0].chord is not None and header[0].chord["options"]["task_id"] == result.id
     assert header[0].parent_id == first.id
