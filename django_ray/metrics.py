@@ -160,7 +160,7 @@ def queue_depths(worker: Worker) -> dict[str, int]:
     from django_ray.runtime.settle import DEAD_LETTER_SUFFIX
 
     names = [q for q in worker.queues if q != "*"]
-    if worker.broker.kind == "django":
+    if worker.broker.kind.in_database:
         from django.db import close_old_connections, connection
         from django.db.models import Count
         from django.utils import timezone
@@ -185,7 +185,7 @@ def queue_depths(worker: Worker) -> dict[str, int]:
         channel = broker.connection.default_channel
         depths = {}
         for name in names:
-            if broker.kind == "amqp":
+            if broker.kind.server_queues:
                 try:
                     depths[name] = channel.queue_declare(name, passive=True).message_count
                 except broker.connection.channel_errors:
@@ -196,6 +196,29 @@ def queue_depths(worker: Worker) -> dict[str, int]:
         return depths
     finally:
         broker.close()
+
+
+def tasks_in_progress() -> GaugeMetricFamily:
+    """``django_ray_tasks_in_progress``: RUNNING records that reported progress, by task and
+    the state they reported (``update_state`` / ``django_ray.progress.set_progress``)."""
+    from django.db.models import Count
+
+    from django_ray.models import TaskRecord, TaskStatus
+
+    family = GaugeMetricFamily(
+        "django_ray_tasks_in_progress",
+        "Running tasks that reported progress, by task name and the state they reported.",
+        labels=["task", "state"],
+    )
+    rows = (
+        TaskRecord.objects.filter(status=TaskStatus.RUNNING, progress_state__isnull=False)
+        .values_list("task_name", "progress_state")
+        .annotate(n=Count("id"))
+        .order_by("task_name", "progress_state")
+    )
+    for task, state, n in rows:
+        family.add_metric([task, state], n)
+    return family
 
 
 # -- health -------------------------------------------------------------------

@@ -24,6 +24,9 @@ class TaskStatus(models.TextChoices):
     REVOKED = "REVOKED", "Revoked"
 
 
+# report_progress(attempt=ANY_ATTEMPT): whichever attempt is running.
+ANY_ATTEMPT = object()
+
 FINISHED = (TaskStatus.SUCCESSFUL, TaskStatus.FAILED, TaskStatus.REVOKED)
 DJANGO_STATUS = {
     TaskStatus.READY: "READY",
@@ -88,6 +91,12 @@ class TaskRecord(models.Model):
     group_index = models.IntegerField(null=True, blank=True)
     # Canvas bookkeeping a runner hands back to the worker (messages to publish).
     children = models.JSONField(default=list, blank=True)
+    # The last progress the running attempt reported (django_ray.progress): its state
+    # ("PROGRESS" or a custom one), its meta and when. Cleared when an attempt starts; kept
+    # once the task finished (the last progress it reached).
+    progress = models.JSONField(null=True, blank=True)
+    progress_state = models.CharField(max_length=64, null=True, blank=True)
+    progress_at = models.DateTimeField(null=True, blank=True)
 
     objects = TaskRecordQuerySet.as_manager()
 
@@ -141,7 +150,11 @@ class TaskRecord(models.Model):
         self.worker_ids = [*self.worker_ids, worker_id]
         self.started_at = self.started_at or now
         self.last_attempted_at = now
-        return self._write(seen, "status", "worker_ids", "started_at", "last_attempted_at")
+        self.progress = self.progress_state = self.progress_at = None  # this attempt's own
+        return self._write(
+            seen, "status", "worker_ids", "started_at", "last_attempted_at",
+            "progress", "progress_state", "progress_at",
+        )  # fmt: skip
 
     def mark_successful(self, return_value: Any, *, children: list[Any] | None = None) -> bool:
         seen = self._seen()
@@ -191,6 +204,32 @@ class TaskRecord(models.Model):
         self.status = TaskStatus.READY
         return self._write(seen, "status")
 
+    @classmethod
+    def report_progress(
+        cls, task_id: str, state: str, meta: Any, *, attempt: datetime | object | None = ANY_ATTEMPT
+    ) -> bool:
+        """Store the progress of ``task_id`` while it runs; return whether it was stored.
+
+        Fenced like the transitions: only a RUNNING record is written, and when ``attempt``
+        (the ``last_attempted_at`` of the attempt reporting) is given, only while that
+        attempt is the current one. A task that finished, waits for a retry, or was taken
+        over by another delivery keeps what it has.
+        """
+        rows = cls.objects.filter(pk=task_id, status=TaskStatus.RUNNING)
+        if attempt is not ANY_ATTEMPT:
+            rows = rows.filter(
+                Q(last_attempted_at=attempt) if attempt is not None
+                else Q(last_attempted_at__isnull=True)
+            )  # fmt: skip
+        return bool(rows.update(progress=meta, progress_state=state, progress_at=timezone.now()))
+
+    @property
+    def celery_progress_state(self) -> str:
+        """Celery's state, with a running task's reported progress state in place of STARTED."""
+        if self.status == TaskStatus.RUNNING and self.progress_state:
+            return self.progress_state
+        return self.celery_state
+
     def _seen(self) -> Q:
         """The state this object last saw: its status and its attempt."""
         attempt = (
@@ -208,6 +247,17 @@ class TaskRecord(models.Model):
         with contextlib.suppress(TaskRecord.DoesNotExist):  # deleted meanwhile (the admin)
             self.refresh_from_db()
         return False
+
+
+class DeadLetter(TaskRecord):
+    """A dead-lettered task (the admin's view of them): FAILED ``DeliveryLimitExceeded``."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "dead letter"
+
+
+__all__ += ["DeadLetter"]
 
 
 class JobPayload(models.Model):

@@ -140,15 +140,28 @@ class RunningTask:
     worker_id: str | None
     last_attempted_at: datetime | None
     stale: bool
+    # The progress this attempt last reported (django_ray.progress), if any.
+    progress_state: str | None = None
+    progress: Any = None
+    progress_at: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         attempted = self.last_attempted_at
+        reported = None
+        if self.progress_state:
+            at = self.progress_at
+            reported = {
+                "state": self.progress_state,
+                "meta": self.progress,
+                "at": at.isoformat() if at else None,
+            }
         return {
             "id": self.id,
             "task_name": self.task_name,
             "worker_id": self.worker_id,
             "last_attempted_at": attempted.isoformat() if attempted else None,
             "stale": self.stale,
+            "progress": reported,
         }
 
 
@@ -392,8 +405,11 @@ def _queue_status(
     running = (
         TaskRecord.objects.filter(queue=name, status=TaskStatus.RUNNING)
         .order_by(F("last_attempted_at").asc(nulls_first=True), "pk")
-        .values_list("pk", "task_name", "worker_ids", "last_attempted_at")
-    )
+        .values_list(
+            "pk", "task_name", "worker_ids", "last_attempted_at",
+            "progress_state", "progress", "progress_at",
+        )
+    )  # fmt: skip
     return QueueStatus(
         name=name,
         tasks=tasks,
@@ -407,11 +423,213 @@ def _queue_status(
                 last_attempted_at=attempted,
                 # No timestamp cannot be vouched for: report it with the stale ones.
                 stale=attempted is None or attempted < stale_before,
+                progress_state=state or None,
+                progress=meta,
+                progress_at=reported_at,
             )
-            for pk, task, workers, attempted in running
+            for pk, task, workers, attempted, state, meta, reported_at in running
         ),
         messages_visible=messages[0],
         messages_hidden=messages[1],
         scheduled_due=scheduled[0],
         scheduled_future=scheduled[1],
     )
+
+
+# -- acting on records: retry, requeue, cancel, delete (the admin, the command line) ----------
+
+
+RETRYABLE = (TaskStatus.FAILED, TaskStatus.REVOKED)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActionResult:
+    """What an action did: the ids it acted on, and why it left the others alone."""
+
+    done: tuple[str, ...] = ()
+    skipped: dict[str, str] | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def refused(self) -> dict[str, str]:
+        return dict(self.skipped or {})
+
+
+def message_of(record: TaskRecord) -> Any:
+    """Return the ``TaskMessage`` that runs ``record`` again: the same id, task, arguments,
+    queue, priority and canvas ids. What the record does not hold (links, time limits) is
+    not in it, and neither are its expiry and ETA: it runs now."""
+    from django_ray.message import TaskMessage
+
+    return TaskMessage(
+        id=record.id,
+        task=record.task_name,
+        args=tuple(record.args or ()),
+        kwargs=dict(record.kwargs or {}),
+        queue=record.queue,
+        priority=record.priority,
+        retries=record.retries,
+        root_id=record.root_id,
+        parent_id=record.parent_id,
+        group=record.group_id,
+        group_index=record.group_index,
+        backend=(record.backend or "default") if record.origin == "django" else None,
+    )
+
+
+def retry_record(record: TaskRecord) -> Any:
+    """Re-enqueue a FAILED or REVOKED ``record`` as a new attempt; return its message.
+
+    The record goes back to READY (a conditional update: nothing if it moved meanwhile,
+    then None is returned) with its errors and worker ids kept; its message
+    (``message_of``) is published inside the same transaction (on commit for external
+    brokers). A dead-lettered task's parked copy in ``<queue>.dead-letter`` (django://) is
+    dropped: the retry is its one way back.
+    """
+    from django.db import transaction
+
+    from django_ray.transport import publish
+
+    message = message_of(record)
+    with transaction.atomic():
+        moved = TaskRecord.objects.filter(
+            pk=record.pk, status=record.status, finished_at=record.finished_at
+        ).update(status=TaskStatus.READY, finished_at=None, run_after=None, expires=None)
+        if not moved:
+            return None
+        _queued_messages(record.pk, record.queue + DEAD_LETTER_SUFFIX).delete()
+        publish(message)
+    return message
+
+
+def retry(records: Sequence[TaskRecord]) -> ActionResult:
+    """Run FAILED or REVOKED (dead-lettered included) records again, each a new attempt."""
+    done, skipped = [], {}
+    for record in records:
+        if record.status not in RETRYABLE:
+            skipped[record.pk] = f"{record.status}, not FAILED or REVOKED"
+        elif not record.task_name:
+            skipped[record.pk] = "revoked before its message arrived: its task is unknown"
+        elif retry_record(record) is None:
+            skipped[record.pk] = "changed meanwhile"
+        else:
+            done.append(record.pk)
+    return ActionResult(done=tuple(done), skipped=skipped)
+
+
+def requeue(records: Sequence[TaskRecord]) -> ActionResult:
+    """Publish the message of READY, RETRYING or stale RUNNING records again, to run now.
+
+    For a record whose message was lost (a purged queue, a broker that lost it) or a
+    RUNNING one whose worker died (its last attempt is older than ``VISIBILITY_TIMEOUT``;
+    it goes back to READY first, fenced). A parked ETA message of the task is dropped (it
+    runs now instead). Refused: finished records (retry those), RUNNING ones still within
+    their lease, and, on django://, a record whose message is still in its queue (it will
+    be delivered anyway). On Redis and RabbitMQ the queue is not searched: a task whose
+    message was only late may be delivered twice, and its record lets one attempt through.
+    """
+    from django.db import transaction
+
+    from django_ray.transport import broker_kind, publish
+
+    timeout = float(conf.get("VISIBILITY_TIMEOUT"))
+    stale_before = timezone.now() - timedelta(seconds=timeout)
+    on_django = broker_kind(conf.broker_url()) == "django"
+    done, skipped = [], {}
+    for record in records:
+        if record.is_finished:
+            skipped[record.pk] = f"{record.status}: finished (retry it instead)"
+            continue
+        if not record.task_name:
+            skipped[record.pk] = "its task is unknown (no message ever arrived)"
+            continue
+        if record.status == TaskStatus.RUNNING:
+            attempted = record.last_attempted_at
+            if attempted is not None and attempted >= stale_before:
+                skipped[record.pk] = (
+                    f"RUNNING since {attempted:%H:%M:%S}, within its lease "
+                    f"({timeout:g} s): cancel it, or wait"
+                )
+                continue
+        if on_django and _queued_messages(record.pk, record.queue).exists():
+            skipped[record.pk] = f"its message is still in queue {record.queue!r}"
+            continue
+        with transaction.atomic():
+            if record.status == TaskStatus.RUNNING and not record.mark_ready():
+                skipped[record.pk] = "changed meanwhile"
+                continue
+            moved = TaskRecord.objects.filter(pk=record.pk, status=record.status).update(
+                run_after=None
+            )
+            if not moved:
+                skipped[record.pk] = "changed meanwhile"
+                continue
+            ScheduledMessage.objects.filter(task_id=record.pk).delete()
+            publish(message_of(record))
+        done.append(record.pk)
+    return ActionResult(done=tuple(done), skipped=skipped)
+
+
+def cancel(records: Sequence[TaskRecord], *, terminate: bool = True) -> ActionResult:
+    """Revoke records: a waiting one never starts (REVOKED now); a RUNNING one is asked to
+    stop (``revoke`` with ``terminate``, broadcast to the workers; Redis and RabbitMQ only)
+    and ends REVOKED "terminated" where its mode can stop it. Finished ones are left alone.
+    """
+    from django_ray.celery import control, results
+    from django_ray.exceptions import ModeNotAvailable
+
+    pending = [r.pk for r in records if not r.is_finished and r.status != TaskStatus.RUNNING]
+    running = [r.pk for r in records if r.status == TaskStatus.RUNNING]
+    skipped = {r.pk: f"{r.status}: already finished" for r in records if r.is_finished}
+    done = list(results.revoke(pending)) if pending else []
+    for task_id in pending:
+        if task_id not in done:
+            skipped[task_id] = "started meanwhile"
+    notes = []
+    if running and terminate:
+        try:
+            replies = control.broadcast(
+                "revoke", {"task_id": running, "terminate": True, "signal": "SIGTERM"},
+                timeout=1.0,
+            )  # fmt: skip
+        except ModeNotAvailable as e:
+            for task_id in running:
+                skipped[task_id] = f"RUNNING; not stopped ({e}): it runs to its end"
+        else:
+            done.extend(running)
+            if replies:
+                notes.append(f"Asked {len(replies)} worker(s) to stop {len(running)} task(s).")
+            else:
+                notes.append("No worker replied: the running task(s) may not stop.")
+    elif running:
+        for task_id in running:
+            skipped[task_id] = "RUNNING: it runs to its end"
+    return ActionResult(done=tuple(done), skipped=skipped, notes=tuple(notes))
+
+
+def delete_finished(ids: Sequence[str]) -> ActionResult:
+    """Delete the finished records among ``ids`` (and their parked messages).
+
+    A record that has not finished is refused: deleted, its message (still queued, or
+    redelivered after its worker's lease) would create it afresh and run the task again.
+    The condition is part of the DELETE, so a record that is READY when asked is never
+    deleted even if it finishes meanwhile.
+    """
+    ids = list(dict.fromkeys(ids))
+    finished = set(TaskRecord.objects.filter(pk__in=ids).finished().values_list("pk", flat=True))
+    states = dict(TaskRecord.objects.filter(pk__in=ids).values_list("pk", "status"))
+    _delete_records(TaskRecord.objects.filter(pk__in=list(finished)))
+    left = set(TaskRecord.objects.filter(pk__in=list(finished)).values_list("pk", flat=True))
+    skipped = {
+        task_id: f"{states.get(task_id, '?')}: not finished (cancel it first)"
+        for task_id in ids
+        if task_id not in finished
+    }
+    skipped.update({task_id: "changed meanwhile" for task_id in left})
+    done = tuple(task_id for task_id in ids if task_id in finished and task_id not in left)
+    return ActionResult(done=done, skipped=skipped)
+
+
+def _queued_messages(task_id: str, queue: str) -> QuerySet[QueueMessage]:
+    """The django:// messages of ``task_id`` in ``queue`` (its id is in the payload)."""
+    return QueueMessage.objects.filter(queue=queue, payload__contains=f'"id": "{task_id}"')

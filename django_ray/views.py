@@ -116,6 +116,10 @@ class DatabaseCollector:
             parked.add_metric([queue.removesuffix(DEAD_LETTER_SUFFIX)], n)
         yield parked
 
+        from django_ray.metrics import tasks_in_progress
+
+        yield tasks_in_progress()
+
 
 def _allowed(request: HttpRequest) -> tuple[bool, int]:
     """Return whether ``request`` may read the metrics, and the status code if not."""

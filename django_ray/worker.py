@@ -393,7 +393,7 @@ class Worker:
         if (
             message.eta is not None
             and message.eta > timezone.now()
-            and self.broker.kind != "django"
+            and not self.broker.kind.holds_eta
         ):
             schedule.park(message)
         else:
@@ -422,7 +422,7 @@ class Worker:
         due = schedule.next_due(self.queues)
         if due is not None and due.timestamp() <= soon:
             return False
-        if self.broker.kind == "django":
+        if self.broker.kind.in_database:
             from datetime import UTC, datetime
 
             from django_ray.models import QueueMessage

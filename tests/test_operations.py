@@ -248,7 +248,7 @@ def test_status_json_has_stable_keys_and_counts(busy_queue: str) -> None:
         ("fresh", "w1", False),
     ]
     assert list(queue["running"][0]) == [
-        "id", "task_name", "worker_id", "last_attempted_at", "stale",
+        "id", "task_name", "worker_id", "last_attempted_at", "stale", "progress",
     ]  # fmt: skip
     assert datetime.fromisoformat(queue["running"][0]["last_attempted_at"]) < ago(minutes=4)
     assert queue["stale"] == 1

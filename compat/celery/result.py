@@ -30,8 +30,9 @@ __all__ = [
 ]
 
 
-# TaskRecord's status of a successful task (TaskStatus.SUCCESSFUL).
+# TaskRecord's statuses of a successful and a running task (TaskStatus).
 SUCCESSFUL = "SUCCESSFUL"
+RUNNING = "RUNNING"
 
 
 class ResultBase:
@@ -69,8 +70,9 @@ class AsyncResult(ResultBase):
 
     @property
     def state(self) -> str:
+        """Celery's state; while the task runs, the state it reported (``update_state``)."""
         record = self._record()
-        return record.celery_state if record is not None else states.PENDING
+        return record.celery_progress_state if record is not None else states.PENDING
 
     status = state
 
@@ -85,7 +87,8 @@ class AsyncResult(ResultBase):
 
     @property
     def result(self) -> Any:
-        """The return value, the exception of a failure/retry/revoke, else None."""
+        """The return value, the exception of a failure/retry/revoke, the meta a running
+        task reported with its state (``update_state``), else None."""
         record = self._record()
         if record is None:
             return None
@@ -93,6 +96,8 @@ class AsyncResult(ResultBase):
             return record.return_value
         if record.celery_state in states.EXCEPTION_STATES and record.last_error:
             return exception_from_error(record.last_error)
+        if record.status == RUNNING and record.progress_state:
+            return record.progress
         return None
 
     info = result

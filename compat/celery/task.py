@@ -321,8 +321,34 @@ class Task[**P, R]:
 
     def update_state(
         self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any
-    ) -> Any:
-        return self._not_supported("update_state", "custom states are not stored by TaskRecord.")
+    ) -> None:
+        """Report a running task's state and ``meta`` (e.g. ``state="PROGRESS"``), as Celery.
+
+        ``task_id`` defaults to this request's task. The record (``TaskRecord.progress``)
+        and the result backend (what an unchanged Celery client's ``AsyncResult`` reads:
+        ``.state`` is ``state``, ``.info`` is ``meta``) hold it while the task runs; once
+        it finishes its outcome replaces it. A task that is not running (finished, waiting
+        for a retry, or taken over by another delivery) keeps its state: the report is
+        dropped. ``meta`` must be JSON; SUCCESS, FAILURE and REVOKED are refused (return
+        or raise instead). Called directly (``task()``, no request id) it does nothing.
+        See docs/celery-migration.md.
+        """
+        from django_ray import progress
+
+        if kwargs:
+            raise exceptions.NotSupported(
+                f"Argument(s) {sorted(kwargs)!r} of update_state() are not supported by "
+                "compat.celery."
+            )
+        request = self.request
+        own = task_id is None or task_id == request.id
+        task_id = task_id or request.id
+        if state is None:
+            raise ValueError('update_state() needs a state, e.g. state="PROGRESS".')
+        if not task_id:
+            return  # called directly (a plain function call, e.g. in a unit test): no task
+        message = request.message if own else None
+        progress.report(task_id, state, meta, message=message)
 
     def send_event(self, type_: str, **fields: Any) -> Any:
         return self._not_supported("send_event", "django-ray does not emit Celery events.")

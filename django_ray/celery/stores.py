@@ -2,7 +2,8 @@
 or, when the project has neither, nowhere but ``TaskRecord`` (``RecordStore``).
 
 ``CeleryAppStore`` hands every state change to ``app.backend`` (``mark_as_done``,
-``mark_as_failure``, ``mark_as_retry``, ``mark_as_revoked``), which also fails the rest
+``mark_as_failure``, ``mark_as_retry``, ``mark_as_revoked``; ``store_result`` for STARTED
+and a task's reported progress), which also fails the rest
 of a chain, calls errbacks and counts chord parts. ``RedisStore`` writes the same
 ``celery-task-meta-<id>`` documents with redis-py when Celery is not installed, and
 returns the follow-up messages (errbacks, a chord body) for the worker to publish. Both
@@ -30,6 +31,12 @@ class ResultStore(Protocol):
     """The state changes of a Celery-style task, as its clients must see them."""
 
     def started(self, message: TaskMessage, hostname: str) -> None: ...
+
+    def progress(
+        self, task_id: str, state: str, meta: Any, message: TaskMessage | None = None
+    ) -> None:
+        """Store a running task's reported state (``update_state``), ``meta`` as its info."""
+        ...
 
     def done(
         self, message: TaskMessage, value: Any, *, children: Sequence[str], store: bool
@@ -63,6 +70,11 @@ class RecordStore:
 
     def started(self, message: TaskMessage, hostname: str) -> None:
         return None
+
+    def progress(
+        self, task_id: str, state: str, meta: Any, message: TaskMessage | None = None
+    ) -> None:
+        return None  # TaskRecord.progress holds it
 
     def done(
         self, message: TaskMessage, value: Any, *, children: Sequence[str], store: bool
@@ -117,6 +129,13 @@ class CeleryAppStore:
             message.id, {"pid": os.getpid(), "hostname": hostname}, states.STARTED,
             request=self.context(message, hostname),
         )  # fmt: skip
+
+    def progress(
+        self, task_id: str, state: str, meta: Any, message: TaskMessage | None = None
+    ) -> None:
+        # What Celery's Task.update_state() does: store_result with the custom state.
+        request = self.context(message) if message is not None else None
+        self.backend.store_result(task_id, meta, state, request=request)
 
     def done(
         self, message: TaskMessage, value: Any, *, children: Sequence[str], store: bool
@@ -232,6 +251,17 @@ class RedisStore:
         import os
 
         self._store(message, states.STARTED, {"pid": os.getpid(), "hostname": hostname})
+
+    def progress(
+        self, task_id: str, state: str, meta: Any, message: TaskMessage | None = None
+    ) -> None:
+        current = self.get(task_id)
+        if current is not None and current.get("status") in states.READY_STATES:
+            return  # it finished meanwhile: a report never hides its outcome
+        if message is not None:
+            self._store(message, state, meta)
+        else:
+            self.set(task_id, fmt.result_meta(task_id, state, meta))
 
     def done(
         self, message: TaskMessage, value: Any, *, children: Sequence[str], store: bool

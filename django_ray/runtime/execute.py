@@ -91,7 +91,7 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
     from django.tasks.exceptions import InvalidTask, InvalidTaskBackend
     from django.utils import timezone
 
-    from django_ray import registry
+    from django_ray import progress, registry
     from django_ray.celery import results
     from django_ray.exceptions import NotRegistered
     from django_ray.records import record_for
@@ -137,7 +137,8 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
     if not record.mark_running(worker_id):  # another worker moved it on since it was read
         return settle.superseded(message, record)
     try:
-        verdict = _adapter(entry.kind, task)(task, message, record)
+        with progress.attempt(message.id, record.last_attempted_at):  # reports are fenced to it
+            verdict = _adapter(entry.kind, task)(task, message, record)
         return settle.settle(message, record, verdict)
     except KeyboardInterrupt:
         # Stopped at once (a second SIGTERM): no outcome, the message goes back to the

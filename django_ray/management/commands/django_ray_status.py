@@ -94,6 +94,14 @@ def _queue(queue: QueueStatus, report: StatusReport) -> str:
             f"  RUNNING {task.id} {task.task_name} on {task.worker_id or '?'} since {since}"
             + ("  STALE" if task.stale else "")
         )
+        if task.progress_state:
+            meta = json.dumps(task.progress, separators=(",", ":"), default=str)
+            if len(meta) > 200:
+                meta = meta[:199] + "…"
+            ago = ""
+            if task.progress_at is not None:
+                ago = f" ({_duration((now - task.progress_at).total_seconds())} ago)"
+            lines.append(f"    progress: {task.progress_state} {meta}{ago}")
     return "\n".join(lines)
 
 
