@@ -410,42 +410,10 @@ RETRYABLE = ("FAILED", "REVOKED")
 
 
 def retry_record(record: Any) -> Any:
-    """Re-enqueue a FAILED or REVOKED ``record`` as a new attempt; return its message.
+    """Re-enqueue a FAILED or REVOKED ``record`` as a new attempt (``operations.retry_record``)."""
+    from django_ray.operations import retry_record as retry_it
 
-    The record goes back to READY (a conditional update: nothing if it moved meanwhile,
-    then None is returned) with its errors and worker ids kept; a message with the same
-    task id, task, arguments and queue is published (inside the same transaction, or on
-    commit for external brokers). What the record does not hold (links, time limits) is
-    not sent again. Its expiry and ETA are dropped: a retry runs now.
-    """
-    from django.db import transaction
-
-    from django_ray.message import TaskMessage
-    from django_ray.models import TaskRecord, TaskStatus
-    from django_ray.transport import publish
-
-    message = TaskMessage(
-        id=record.id,
-        task=record.task_name,
-        args=tuple(record.args or ()),
-        kwargs=dict(record.kwargs or {}),
-        queue=record.queue,
-        priority=record.priority,
-        retries=record.retries,
-        root_id=record.root_id,
-        parent_id=record.parent_id,
-        group=record.group_id,
-        group_index=record.group_index,
-        backend=(record.backend or "default") if record.origin == "django" else None,
-    )
-    with transaction.atomic():
-        moved = TaskRecord.objects.filter(
-            pk=record.pk, status=record.status, finished_at=record.finished_at
-        ).update(status=TaskStatus.READY, finished_at=None, run_after=None, expires=None)
-        if not moved:
-            return None
-        publish(message)
-    return message
+    return retry_it(record)
 
 
 @main.command()

@@ -27,6 +27,9 @@ DEFAULTS: dict[str, Any] = {
     "QUEUE_MAX_PRIORITY": 10,
     # Ray Jobs / dashboard address for the default Ray Job mode.
     "RAY_ADDRESS": None,
+    # The Ray dashboard's URL as the admin's users reach it (links from a task's page);
+    # None: RAY_ADDRESS when it is an http(s) URL, or 127.0.0.1:8265 for --local.
+    "RAY_DASHBOARD_URL": None,
     # Token for a Ray cluster with token authentication (else RAY_AUTH_TOKEN env).
     "RAY_AUTH_TOKEN": None,
     # Extra modules the worker imports to register tasks (besides <app>.tasks).
