@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core import checks
 
 from django_ray import conf
-from django_ray.transport import broker_kind
+from django_ray.transports.kinds import kind_of
 
 __all__ = ["check_backend", "check_settings"]
 
@@ -86,7 +86,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         )
     url = conf.broker_url()
-    kind = broker_kind(url) if "://" in url else ""
+    kind = kind_of(url) if "://" in url else ""
     if kind not in KNOWN_BROKERS:
         errors.append(
             checks.Error(

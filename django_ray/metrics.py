@@ -272,7 +272,7 @@ def _check_database() -> str | None:
 
 
 def _check_broker(worker: Worker) -> str | None:
-    if worker.broker.kind == "django":
+    if worker.broker.kind.in_database:
         from django.db import connection
 
         from django_ray.models import QueueMessage

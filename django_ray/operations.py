@@ -329,7 +329,7 @@ def _broker_backlog(
     url = conf.broker_url()
     kind = broker_kind(url)
     backlog: dict[str, int] = {}
-    if kind == "django":
+    if kind.in_database:
         for name in names:
             backlog[name] = visible.get(name, (0, 0))[0]
             backlog[name + DEAD_LETTER_SUFFIX] = sum(visible.get(name + DEAD_LETTER_SUFFIX, ()))
@@ -534,7 +534,7 @@ def requeue(records: Sequence[TaskRecord]) -> ActionResult:
 
     timeout = float(conf.get("VISIBILITY_TIMEOUT"))
     stale_before = timezone.now() - timedelta(seconds=timeout)
-    on_django = broker_kind(conf.broker_url()) == "django"
+    on_django = broker_kind(conf.broker_url()).in_database
     done, skipped = [], {}
     for record in records:
         if record.is_finished:

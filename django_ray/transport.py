@@ -22,6 +22,7 @@ from kombu import Message as KombuMessage
 from django_ray import conf
 from django_ray.message import CONTENT_TYPE, TaskMessage, decode
 from django_ray.transports import register_transports
+from django_ray.transports.kinds import BrokerKind, kind_of
 from django_ray.transports.leases import REDIS_UNACKED_KEYS, LeaseKeeper, lease_seconds
 
 logger = logging.getLogger(__name__)
@@ -32,30 +33,19 @@ _local = threading.local()
 RETRY_POLICY = {"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
 
 
-def broker_kind(url: str) -> str:
-    """Return the broker family of ``url``: django, redis, amqp, memory or the scheme."""
-    scheme = url.split("://", 1)[0].split("+")[0].lower()
-    return {"rediss": "redis", "pyamqp": "amqp", "amqps": "amqp", "librabbitmq": "amqp"}.get(
-        scheme, scheme
-    )
+def broker_kind(url: str) -> BrokerKind:
+    """Return the kind of the broker at ``url`` (``transports.kinds``)."""
+    return kind_of(url)
 
 
 def to_broker_priority(kind: str, priority: int) -> int:
-    """Map Django's -100..100 (higher first) onto the broker's 0-9 property."""
-    step = round((priority + 100) * 9 / 200)
-    # kombu's Redis transport serves 0 first; RabbitMQ serves 9 first.
-    return 9 - step if kind == "redis" else step
+    """Map Django's -100..100 (higher first) onto the priority property of broker ``kind``."""
+    return kind_of(kind).to_broker_priority(priority)
 
 
 def from_broker_priority(kind: str, value: Any) -> int:
-    """Map a broker's 0-9 priority (as a Celery client sets it) onto Django's scale."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        return 0
-    if kind == "django":
-        return value
-    value = max(0, min(9, value))
-    step = 9 - value if kind == "redis" else value
-    return round(step * 200 / 9) - 100
+    """Map broker ``kind``'s priority property (as a Celery client sets it) onto Django's."""
+    return kind_of(kind).from_broker_priority(value)
 
 
 class Broker:
@@ -64,13 +54,13 @@ class Broker:
     def __init__(self, url: str | None = None, *, transport_options: dict[str, Any] | None = None):
         register_transports()
         self.url = url or conf.broker_url()
-        self.kind = broker_kind(self.url)
+        self.kind = kind_of(self.url)
         options = dict(conf.get("BROKER_TRANSPORT_OPTIONS") or {})
-        if self.kind == "amqp":
-            # RabbitMQ confirms each publish, so a retry or the next step of a chain is on
-            # the broker before the message that caused it is acknowledged.
+        if self.kind.confirms_publish:
+            # A retry or the next step of a chain is on the broker before the message that
+            # caused it is acknowledged.
             options.setdefault("confirm_publish", True)
-        if self.kind == "redis":
+        if self.kind.lease == "unacked":
             # A short lease the worker renews (django_ray.transports.leases), kept in an
             # unacked index of our own.
             options.setdefault("visibility_timeout", lease_seconds())
@@ -88,7 +78,7 @@ class Broker:
         """Return the kombu Queue for ``name``, declared as Celery declares its queues."""
         arguments = None
         max_priority = conf.get("QUEUE_MAX_PRIORITY")
-        if self.kind == "amqp" and max_priority:
+        if self.kind.priority_queues and max_priority:
             arguments = {"x-max-priority": int(max_priority)}
         return Queue(
             name,
@@ -102,7 +92,7 @@ class Broker:
         if name in self._declared:
             return
         queue = self.queue(name)(self.connection.default_channel)
-        if self.kind == "amqp":
+        if self.kind.server_queues:
             try:  # an existing queue keeps its arguments (a Celery client may own it)
                 queue.queue_declare(passive=True)
             except self.connection.channel_errors:
@@ -123,7 +113,7 @@ class Broker:
         Redis: the lengths of the queue's lists, one per priority step; RabbitMQ: a passive
         declare's message count; django://: its ``QueueMessage`` rows.
         """
-        if self.kind != "amqp":  # kombu's virtual transports: Redis _size sums every priority
+        if not self.kind.server_queues:  # kombu's virtual transports: Redis sums priorities
             return int(self.connection.default_channel._size(name))
         channel = self.connection.channel()
         try:
@@ -151,7 +141,7 @@ class Broker:
             headers=message.wire_headers(),
             content_type=CONTENT_TYPE,
             content_encoding="utf-8",
-            priority=to_broker_priority(self.kind, message.priority),
+            priority=self.kind.to_broker_priority(message.priority),
             correlation_id=message.correlation_id or message.id,
             reply_to=message.reply_to,
             delivery_mode=2,
@@ -239,7 +229,7 @@ def decode_kombu(message: KombuMessage, kind: str) -> TaskMessage:
         content_type=message.content_type,
         properties=props,
         delivery_info=delivery_info,
-        broker_priority=from_broker_priority(kind, props.get("priority")),
+        broker_priority=kind_of(kind).from_broker_priority(props.get("priority")),
         queue=delivery_info.get("routing_key"),
     )
 
@@ -272,7 +262,7 @@ def publish_now(message: TaskMessage, *, url: str | None = None) -> None:
 
 def publish(message: TaskMessage, *, using: str | None = None) -> None:
     """Publish ``message``: inside the transaction for django://, else once it commits."""
-    if broker_kind(conf.broker_url()) == "django":
+    if kind_of(conf.broker_url()).in_database:
         publish_now(message)
     else:
         transaction.on_commit(partial(publish_now, message), using=using)

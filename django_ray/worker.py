@@ -31,6 +31,7 @@ from django_ray.runners import BaseRunner, Completion
 from django_ray.runtime import bootstrap, settle
 from django_ray.runtime.execute import close_stale_connections
 from django_ray.transport import Broker, decode_kombu, publish_now
+from django_ray.transports.kinds import kind_of
 from django_ray.transports.leases import LeaseKeeper
 
 logger = logging.getLogger("django_ray.worker")
@@ -95,7 +96,7 @@ class Worker:
         # so that a message given back to the broker is not retried in a hot loop.
         self._pause = 0.0
         self._paused_until = 0.0
-        self.leases: LeaseKeeper = LeaseKeeper("none", "", lease=1.0, options={})
+        self.leases: LeaseKeeper = LeaseKeeper(kind_of("none"), "", lease=1.0, options={})
         # What Celery's inspect/stats see (read from the control thread): the messages
         # submitted and not yet collected, with their start times, and finished tasks by name.
         self._tracked_lock = threading.Lock()

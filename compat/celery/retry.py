@@ -120,7 +120,7 @@ def retry_message(
 def _message_from_request(task: Task[Any, Any], request: Context) -> TaskMessage:
     """Rebuild the running message from ``request`` (when the worker gave no ``message``)."""
     from django_ray import conf
-    from django_ray.transport import broker_kind, from_broker_priority
+    from django_ray.transports.kinds import kind_of
 
     delivery = dict(request.delivery_info or {})
     hard, soft = [*(request.timelimit or ()), None, None][:2]
@@ -130,7 +130,7 @@ def _message_from_request(task: Task[Any, Any], request: Context) -> TaskMessage
         args=tuple(request.args or ()),
         kwargs=dict(request.kwargs or {}),
         queue=delivery.get("routing_key") or task.queue or task.app.conf.task_default_queue,
-        priority=from_broker_priority(broker_kind(conf.broker_url()), delivery.get("priority")),
+        priority=kind_of(conf.broker_url()).from_broker_priority(delivery.get("priority")),
         expires=parse_moment(request.expires, "expires"),
         time_limit=hard or request.time_limit,
         soft_time_limit=soft or request.soft_time_limit,

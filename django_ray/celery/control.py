@@ -64,8 +64,6 @@ __all__ = [
     "request_info", "start",
 ]  # fmt: skip
 
-# Brokers that carry Celery's pidbox fanout.
-CONTROL_BROKERS = frozenset({"redis", "amqp"})
 # How often the listener looks up from the broker to see whether it should stop.
 POLL_SECONDS = 0.5
 # The commands we answer; Celery's aliases (dump_active...) included.
@@ -484,7 +482,7 @@ def start(
     tells what ``active``, ``stats`` and ``shutdown`` need. With ``events`` (or Celery's
     setting, see ``events_enabled``) the worker's Celery events are sent too.
     """
-    if broker.kind not in CONTROL_BROKERS:
+    if not broker.kind.carries_control:
         if events:
             logger.warning("Celery events need Redis or RabbitMQ; not sending them.")
         return None
@@ -536,7 +534,7 @@ def broadcast(
     from django_ray.transport import Broker
 
     broker = Broker()
-    if broker.kind not in CONTROL_BROKERS:
+    if not broker.kind.carries_control:
         broker.close()
         raise ModeNotAvailable(
             f"Remote control needs a Redis or RabbitMQ broker, not {broker.kind}://."

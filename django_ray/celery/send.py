@@ -157,14 +157,13 @@ def to_django_priority(value: Any) -> int:
     is what ``transport.from_broker_priority`` gives for a real Celery client's message.
     """
     from django_ray import conf
-    from django_ray.transport import broker_kind
+    from django_ray.transports.kinds import kind_of
 
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 9:
         raise ValueError(
             f"priority must be an integer from 0 to 9 (Celery's scale), not {value!r}."
         )
-    step = 9 - value if broker_kind(conf.broker_url()) == "redis" else value
-    return round(step * 200 / 9) - 100
+    return kind_of(conf.broker_url()).from_celery_priority(value)
 
 
 def wire_signature(sig: Any) -> dict[str, Any]:

@@ -81,10 +81,10 @@ def run(task: Any, message: TaskMessage, record: Any) -> Verdict:
     from celery.exceptions import SoftTimeLimitExceeded
 
     from django_ray import conf
-    from django_ray.transport import broker_kind, to_broker_priority
+    from django_ray.transports.kinds import kind_of
 
     hostname = fmt.node_name(record.worker_ids[-1])
-    priority = to_broker_priority(broker_kind(conf.broker_url()), message.priority)
+    priority = kind_of(conf.broker_url()).to_broker_priority(message.priority)
     request = fmt.request_dict(message, hostname=hostname, broker_priority=priority)
     hard, soft = _limits(task, message)
     try:

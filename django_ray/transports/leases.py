@@ -25,6 +25,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from django_ray.transports.kinds import BrokerKind
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["REDIS_UNACKED_KEYS", "LeaseKeeper", "lease_seconds"]
@@ -47,7 +49,9 @@ def lease_seconds() -> float:
 class LeaseKeeper(threading.Thread):
     """Renew the leases of the deliveries a worker holds, on a daemon thread."""
 
-    def __init__(self, kind: str, url: str, *, lease: float, options: dict[str, Any]) -> None:
+    def __init__(
+        self, kind: BrokerKind, url: str, *, lease: float, options: dict[str, Any]
+    ) -> None:
         super().__init__(name="django-ray-leases", daemon=True)
         self.lease = lease
         self.interval = max(0.2, lease / 3)
@@ -95,11 +99,11 @@ class LeaseKeeper(threading.Thread):
 
 
 def _renewer(
-    kind: str, url: str, lease: float, options: dict[str, Any]
+    kind: BrokerKind, url: str, lease: float, options: dict[str, Any]
 ) -> Callable[[list[str]], None] | None:
-    if kind == "django":
+    if kind.lease == "row":
         return _django_renewer(lease, options)
-    if kind == "redis":
+    if kind.lease == "unacked":
         return _redis_renewer(url, options)
     return None  # RabbitMQ requeues on a dropped connection; others: kombu's own semantics
 
