@@ -285,8 +285,8 @@ class TaskActions:
 @admin.register(TaskRecord)
 class TaskRecordAdmin(TaskActions, admin.ModelAdmin):
     list_display: tuple[str, ...] = (
-        "short_id", "task_name", "status_badge", "queue", "attempt_count", "enqueued",
-        "started", "duration", "error_summary", "progress_summary",
+        "short_id", "task_name", "status_badge", "queue", "attempt_count", "started",
+        "duration", "error_summary", "progress_summary",
     )  # fmt: skip
     list_display_links = ("short_id",)
     list_filter = (
@@ -298,6 +298,7 @@ class TaskRecordAdmin(TaskActions, admin.ModelAdmin):
     list_per_page = 50
     actions: tuple[str, ...] = ("retry_tasks", "requeue_tasks", "cancel_tasks", "delete_finished")
     change_form_template = "admin/django_ray/taskrecord/change_form.html"
+    change_list_template = "admin/django_ray/taskrecord/change_list.html"
     fieldsets = (
         ("Outcome", {"fields": ("status_badge", "error_headline", "attempts_detail")}),
         ("Progress", {"fields": ("progress_detail",)}),
@@ -362,7 +363,9 @@ class TaskRecordAdmin(TaskActions, admin.ModelAdmin):
 
     @admin.display(description="id", ordering="id")
     def short_id(self, obj: TaskRecord) -> str:
-        return format_html('<span title="{}">{}</span>', obj.id, obj.id)
+        """The id's first 8 characters (the link and the tooltip hold it whole)."""
+        short = obj.id if len(obj.id) <= 10 else obj.id[:8] + "\u2026"
+        return format_html('<code title="{}">{}</code>', obj.id, short)
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: TaskRecord) -> str:
@@ -385,7 +388,13 @@ class TaskRecordAdmin(TaskActions, admin.ModelAdmin):
 
     @admin.display(description="started at", ordering="started_at")
     def started(self, obj: TaskRecord) -> str:
-        return exact_time(_time_of(obj, "started_at"))
+        started = _time_of(obj, "started_at")
+        if started is None:  # not started: how long it has been waiting says more
+            return format_html(
+                '<span class="dr-waiting">queued {}</span>',
+                exact_time(_time_of(obj, "enqueued_at")),
+            )
+        return exact_time(started)
 
     @admin.display(description="last attempt at")
     def last_attempted(self, obj: TaskRecord) -> str:
@@ -444,6 +453,12 @@ class TaskRecordAdmin(TaskActions, admin.ModelAdmin):
         if not errors:
             return "-"
         last = errors[-1]
+        if obj.status == TaskStatus.SUCCESSFUL:
+            return format_html(
+                '<span class="dr-error-earlier">Succeeded after {} failed attempt(s); the last '
+                "one: {}</span>",
+                len(errors), _error_line(last, None),
+            )  # fmt: skip
         return format_html(
             '<strong class="dr-error-headline" style="color:#b91c1c">{}</strong>'
             "<br><code>{}</code>",
@@ -477,10 +492,14 @@ class TaskRecordAdmin(TaskActions, admin.ModelAdmin):
                                str(error.get("traceback") or "(no traceback)")))  # fmt: skip
         return format_html_join(
             "",
-            '<div class="dr-attempt"><h4>Attempt {} on <code>{}</code>: {}</h4>'
-            '<pre class="dr-traceback" style="white-space:pre-wrap">{}</pre></div>',
-            blocks,
-        )
+            '<div class="dr-attempt"><h4>Attempt {} on <code>{}</code>: {}</h4>{}</div>',
+            (
+                (number, worker, outcome, format_html(
+                    '<pre class="dr-traceback" style="white-space:pre-wrap">{}</pre>', text
+                ) if text else "")
+                for number, worker, outcome, text in blocks
+            ),
+        )  # fmt: skip
 
     @admin.display(description="progress")
     def progress_detail(self, obj: TaskRecord) -> str:

@@ -29,7 +29,7 @@ from django_ray.message import TaskMessage
 from django_ray.records import record_for
 from django_ray.runners import BaseRunner, Completion
 from django_ray.runtime import bootstrap, settle
-from django_ray.runtime.execute import close_stale_connections
+from django_ray.runtime.bootstrap import close_stale_connections
 from django_ray.transport import Broker, decode_kombu, publish_now
 from django_ray.transports.kinds import kind_of
 from django_ray.transports.leases import LeaseKeeper

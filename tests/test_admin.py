@@ -87,8 +87,8 @@ def test_the_list_answers_what_is_wrong(
     page = changelist(admin_client)
     for result in outcomes.values():
         assert result.id in page
-    for column in ("Task name", "Status", "Queue", "Attempts", "Enqueued at", "Started at",
-                   "Duration", "Error", "Progress"):  # fmt: skip
+    for column in ("Task name", "Status", "Queue", "Attempts", "Started at", "Duration",
+                   "Error", "Progress"):  # fmt: skip
         assert f">{column}<" in page, column
     for text in ("demo.tasks.word_count", "tests.tasks.fail", "Successful", "Failed",
                  "Ready", queue):  # fmt: skip
@@ -97,6 +97,8 @@ def test_the_list_answers_what_is_wrong(
     started = record(outcomes["failed"].id).started_at
     assert timezone.localtime(started).strftime("%Y-%m-%d %H:%M:%S") in page  # to the second
     assert re.search(r"\d+\.\d{3}s", page)  # durations
+    enqueued = record(outcomes["waiting"].id).enqueued_at
+    assert f"queued {timezone.localtime(enqueued):%Y-%m-%d %H:%M:%S}" in re.sub("<[^>]+>", "", page)
 
 
 def test_the_list_filters_by_status_queue_task_and_time(
