@@ -26,6 +26,7 @@ from django.tasks.exceptions import TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 
 from django_ray import registry
+from django_ray.conf import RAY_OPTION_KEYS
 from django_ray.exceptions import ImproperlyConfiguredRay, NotRegistered
 from django_ray.message import TaskMessage, new_task_id, normalize_arguments
 
@@ -35,11 +36,6 @@ from django_ray.message import TaskMessage, new_task_id, normalize_arguments
 # instead of Django's RuntimeError about TaskRecord's app_label.
 
 __all__ = ["RayTask", "RayTaskBackend"]
-
-RAY_OPTION_KEYS = frozenset(
-    {"num_cpus", "num_gpus", "memory", "resources", "runtime_env",
-     "entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory", "entrypoint_resources"}
-)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

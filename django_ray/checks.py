@@ -18,7 +18,7 @@ KNOWN_BROKERS = {"django", "redis", "amqp", "memory", "sqs", "mongodb", "filesys
 
 def check_backend(backend: Any) -> list[checks.CheckMessage]:
     """Check one ``RayTaskBackend`` (called from ``backend.check()``)."""
-    from django_ray.backend import RAY_OPTION_KEYS
+    from django_ray.conf import RAY_OPTION_KEYS
 
     errors: list[checks.CheckMessage] = []
     if not apps.is_installed("django_ray"):

@@ -68,6 +68,12 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_INTERVAL": 5,
 }
 
+# The Ray options a task may declare (``@task(ray_options=...)``, ``OPTIONS["TASK_OPTIONS"]``).
+RAY_OPTION_KEYS = frozenset(
+    {"num_cpus", "num_gpus", "memory", "resources", "runtime_env",
+     "entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory", "entrypoint_resources"}
+)  # fmt: skip
+
 
 def get(name: str) -> Any:
     """Return the django-ray setting ``name``, falling back to its default."""

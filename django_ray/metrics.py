@@ -20,9 +20,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -33,12 +33,30 @@ from django_ray.exceptions import ImproperlyConfiguredRay
 
 if TYPE_CHECKING:
     from django_ray.message import TaskMessage
+    from django_ray.runners.base import BaseRunner
     from django_ray.runtime.settle import Outcome
-    from django_ray.worker import Worker
+    from django_ray.transport import Broker
 
 logger = logging.getLogger("django_ray.metrics")
 
 __all__ = ["DEFAULT_MAX_AGE", "MetricsServer", "WorkerMetrics", "liveness", "readiness", "serve"]
+
+
+class Worker(Protocol):
+    """What the metrics and probes read of a worker (``django_ray.worker.Worker``)."""
+
+    queues: list[str]
+    broker: Broker
+    runner: BaseRunner
+    heartbeat: float  # time.monotonic() of the loop's last tick
+
+    @property
+    def worker_id(self) -> str: ...
+
+    def active_tasks(self) -> list[tuple[TaskMessage, float]]: ...
+
+    def watch(self, observer: Callable[[str, TaskMessage, Outcome | None], None]) -> None: ...
+
 
 # Seconds without a tick of the worker loop after which the worker is not alive.
 DEFAULT_MAX_AGE = 60.0

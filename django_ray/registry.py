@@ -30,6 +30,7 @@ from django.tasks import Task
 from django.utils.module_loading import import_string
 
 from django_ray import conf
+from django_ray.builtins import builtin_tasks
 from django_ray.exceptions import ImproperlyConfiguredRay, NotRegistered
 
 logger = logging.getLogger(__name__)
@@ -184,9 +185,9 @@ def import_optional(module_name: str) -> None:
 
 
 def _register_builtins() -> None:
-    from django_ray.builtins import register_builtins
-
-    register_builtins()
+    """Register Celery's ``celery.starmap`` and ``celery.map`` (no Celery app provides them)."""
+    for name, task in builtin_tasks(resolve).items():
+        register(name, task)
 
 
 def _is_celery_internal(name: str) -> bool:

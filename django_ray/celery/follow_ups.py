@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from django_ray.celery.canvas import messages_from_signature
 from django_ray.message import TaskMessage
 
-if TYPE_CHECKING:
-    from django_ray.celery.stores import ResultStore
-
 logger = logging.getLogger(__name__)
+
+
+class ResultStore(Protocol):
+    """What a follow-up needs of a result store: a place for a chord's header size."""
+
+    def set_chord_size(self, group_id: str, size: int) -> None: ...
+
 
 __all__ = ["build", "chord_body", "errbacks", "on_success"]
 

@@ -173,7 +173,7 @@ class JobRunner(BaseRunner):
 
     def _outcome(self, job: _Job, status: str) -> settle.Outcome:
         from django_ray.records import record_for
-        from django_ray.runtime.execute import close_stale_connections
+        from django_ray.runtime.bootstrap import close_stale_connections
 
         close_stale_connections()
         record = record_for(job.message)

@@ -98,3 +98,17 @@ def _describe(error: BaseException) -> str:
         "task modules. On a Ray cluster, the project's code, settings and environment must "
         "reach every node: see DJANGO_RAY['RAY_ENV_VARS'] and ['RAY_RUNTIME_ENV'] in docs/modes.md."
     )
+
+
+def close_stale_connections() -> None:
+    """Close unusable or expired database connections, as Django does around a request.
+
+    Called around each task. A connection inside ``atomic()`` is left alone: it belongs to
+    the caller (a test case, or ``call_command("django_ray_worker")`` run inside a
+    transaction), and Django's ``close_old_connections()`` would close it mid-transaction.
+    """
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        if not conn.in_atomic_block:
+            conn.close_if_unusable_or_obsolete()

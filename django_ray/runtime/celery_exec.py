@@ -25,9 +25,9 @@ from django.utils import timezone
 
 from django_ray.celery import wire as fmt
 from django_ray.message import TaskMessage
-from django_ray.runtime.execute import json_result
 from django_ray.runtime.settle import Verdict
 from django_ray.runtime.time_limits import HardTimeLimit, Terminated, time_limits
+from django_ray.runtime.values import json_result
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,6 @@ from django_ray.celery import results
 from django_ray.celery import wire as fmt
 from django_ray.message import TaskMessage
 from django_ray.runtime.celery_exec import retry_eta
-from django_ray.runtime.execute import json_result
 from django_ray.runtime.settle import Verdict
 from django_ray.runtime.time_limits import (
     HardTimeLimit,
@@ -36,6 +35,7 @@ from django_ray.runtime.time_limits import (
     limit_exceptions,
     time_limits,
 )
+from django_ray.runtime.values import json_result
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from django.utils import timezone
 
 from django_ray.message import TaskMessage
 from django_ray.records import to_task_result
-from django_ray.runtime.execute import json_result
 from django_ray.runtime.settle import Verdict
+from django_ray.runtime.values import json_result
 
 logger = logging.getLogger(__name__)
 

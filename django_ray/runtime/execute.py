@@ -20,15 +20,15 @@ next chain step, callbacks).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import traceback
 from collections.abc import Callable
 from typing import Any
 
 from django_ray.message import TaskMessage
 from django_ray.runtime import bootstrap
+from django_ray.runtime.bootstrap import close_stale_connections
 from django_ray.runtime.settle import Outcome, Verdict
+from django_ray.runtime.values import error_info, json_result
 
 logger = logging.getLogger(__name__)
 
@@ -39,42 +39,6 @@ __all__ = [
     "execute",
     "json_result",
 ]
-
-
-def close_stale_connections() -> None:
-    """Close unusable or expired database connections, as Django does around a request.
-
-    A connection inside ``atomic()`` is left alone: it belongs to the caller (a test case,
-    or ``call_command("django_ray_worker")`` run inside a transaction), and Django's
-    ``close_old_connections()`` would close it mid-transaction.
-    """
-    from django.db import connections
-
-    for conn in connections.all(initialized_only=True):
-        if not conn.in_atomic_block:
-            conn.close_if_unusable_or_obsolete()
-
-
-def error_info(exc: BaseException) -> dict[str, Any]:
-    """Describe ``exc`` as stored in ``TaskRecord.errors``."""
-    cls = type(exc)
-    return {
-        "exception_class_path": f"{cls.__module__}.{cls.__qualname__}",
-        "traceback": "".join(traceback.format_exception(exc)),
-        "exc_message": _json_safe(list(exc.args)),
-    }
-
-
-def json_result(value: Any) -> Any:
-    """Return ``value`` as it reads back from JSON, or raise ``TypeError``."""
-    from django.utils.json import normalize_json
-
-    try:
-        return json.loads(json.dumps(normalize_json(value), allow_nan=False))
-    except ValueError as e:
-        raise TypeError(f"Task return value is not JSON-serializable: {e}") from e
-    except RecursionError:
-        raise TypeError("Task return value is not JSON-serializable: nested too deeply.") from None
 
 
 def execute(message: TaskMessage, *, worker_id: str) -> Outcome:
@@ -176,10 +140,3 @@ def _adapter(kind: str, task: Any) -> Callable[[Any, TaskMessage, Any], Verdict]
     from django_ray.runtime import compat_exec
 
     return compat_exec.run
-
-
-def _json_safe(value: Any) -> Any:
-    try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError):
-        return [repr(v) for v in value] if isinstance(value, list) else repr(value)

@@ -33,6 +33,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 from django_ray.message import TaskMessage
+from django_ray.runtime.bootstrap import close_stale_connections
+from django_ray.runtime.values import error_info
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +130,6 @@ def _succeeded(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
 
 def _failed(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
     from django_ray.celery import results
-    from django_ray.runtime.execute import error_info
 
     error = verdict.error if verdict.error is not None else RuntimeError("no error recorded")
     info = error_info(error)
@@ -150,8 +151,6 @@ def _failed(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
 
 
 def _retry(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
-    from django_ray.runtime.execute import error_info
-
     again = verdict.again
     retries = again.retries if again is not None else message.retries + 1
     eta = again.eta if again is not None else verdict.eta
@@ -172,7 +171,6 @@ def _rejected(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
     """``Reject(requeue=True)`` puts the message back, a bounded number of times (counted in
     its ``django_ray_requeues`` header); ``requeue=False`` fails the task."""
     from django_ray.exceptions import RequeueLimitExceeded
-    from django_ray.runtime.execute import error_info
 
     if verdict.requeue:
         count = message.headers.get(REQUEUE_HEADER)
@@ -406,7 +404,6 @@ def _attempt(message: TaskMessage, worker_id: str) -> Any:
 def _fresh(message: TaskMessage) -> Any:
     """Return the record of ``message`` as the database has it now."""
     from django_ray.records import record_for
-    from django_ray.runtime.execute import close_stale_connections
 
     close_stale_connections()
     return record_for(message)

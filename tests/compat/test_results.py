@@ -18,7 +18,7 @@ from compat.celery.exceptions import (
 )
 from compat.celery.failures import exception_from_error
 from django_ray.models import TaskRecord
-from django_ray.runtime.execute import error_info
+from django_ray.runtime.values import error_info
 from tests.compat import compat_tasks
 from tests.tasks import CustomError
 
