@@ -24,8 +24,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from django_ray import conf, progress, registry
+from django_ray.celery import results
+from django_ray.exceptions import NotRegistered
 from django_ray.message import TaskMessage
-from django_ray.runtime import bootstrap
+from django_ray.runtime import bootstrap, celery_exec, compat_exec, settle
 from django_ray.runtime.bootstrap import close_stale_connections
 from django_ray.runtime.settle import Outcome, Verdict
 from django_ray.runtime.values import error_info, json_result
@@ -55,11 +58,8 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
     from django.tasks.exceptions import InvalidTask, InvalidTaskBackend
     from django.utils import timezone
 
-    from django_ray import progress, registry
-    from django_ray.celery import results
-    from django_ray.exceptions import NotRegistered
     from django_ray.records import record_for
-    from django_ray.runtime import django_exec, settle
+    from django_ray.runtime import django_exec
 
     # resolve
     try:
@@ -119,8 +119,6 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
 
 
 def _over_delivery_cap(record: Any) -> bool:
-    from django_ray import conf
-
     cap = conf.get("MAX_DELIVERIES")
     # Attempts started without an outcome: each finished attempt recorded an error or ended.
     unfinished = len(record.worker_ids) - len(record.errors)
@@ -133,10 +131,6 @@ def _adapter(kind: str, task: Any) -> Callable[[Any, TaskMessage, Any], Verdict]
         from django_ray.runtime import django_exec
 
         return django_exec.run
-    from django_ray.runtime import celery_exec
-
     if celery_exec.is_celery_task(task):
         return celery_exec.run
-    from django_ray.runtime import compat_exec
-
     return compat_exec.run

@@ -32,6 +32,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from django_ray import registry
+from django_ray.celery import results
+from django_ray.celery.follow_ups import on_success
+from django_ray.exceptions import (
+    DeliveryLimitExceeded,
+    NotRegistered,
+    RequeueLimitExceeded,
+    TaskTimeLimitExceeded,
+    WorkerLost,
+)
 from django_ray.message import TaskMessage
 from django_ray.runtime.bootstrap import close_stale_connections
 from django_ray.runtime.values import error_info
@@ -129,8 +139,6 @@ def _succeeded(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
 
 
 def _failed(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
-    from django_ray.celery import results
-
     error = verdict.error if verdict.error is not None else RuntimeError("no error recorded")
     info = error_info(error)
     if verdict.traceback is not None:
@@ -170,8 +178,6 @@ def _retry(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
 def _rejected(message: TaskMessage, record: Any, verdict: Verdict) -> Outcome:
     """``Reject(requeue=True)`` puts the message back, a bounded number of times (counted in
     its ``django_ray_requeues`` header); ``requeue=False`` fails the task."""
-    from django_ray.exceptions import RequeueLimitExceeded
-
     if verdict.requeue:
         count = message.headers.get(REQUEUE_HEADER)
         count = count if isinstance(count, int) and not isinstance(count, bool) else 0
@@ -262,8 +268,6 @@ def failed(
 
 def revoked(message: TaskMessage, reason: str, *, record: Any = None) -> Outcome:
     """Record REVOKED with ``reason`` ("expired", "revoked", "terminated")."""
-    from django_ray.celery import results
-
     record = _fresh(message) if record is None else record
     if record.is_finished:
         return duplicate(record)
@@ -279,8 +283,6 @@ DEAD_LETTER_SUFFIX = ".dead-letter"
 def dead_letter(message: TaskMessage, record: Any) -> Outcome:
     """Record FAILED a message that never reached an outcome, and park it in its dead-letter
     queue (``<queue>.dead-letter``: nothing consumes it; an operator may send it back)."""
-    from django_ray.exceptions import DeliveryLimitExceeded
-
     starts = len(record.worker_ids) - len(record.errors)
     last = record.worker_ids[-1] if record.worker_ids else "?"
     error = DeliveryLimitExceeded(
@@ -299,7 +301,6 @@ def dead_letter(message: TaskMessage, record: Any) -> Outcome:
 
 def time_limit(message: TaskMessage, worker_id: str) -> Outcome:
     """Record FAILED for an attempt the runner stopped at its hard time limit."""
-    from django_ray.exceptions import TaskTimeLimitExceeded
     from django_ray.models import TaskRecord
 
     record = _attempt(message, worker_id)
@@ -313,7 +314,6 @@ def lost(message: TaskMessage, worker_id: str, reason: str) -> Outcome:
     """Record an attempt whose process died: retry it if attempts remain, else FAILED."""
     from django.utils import timezone
 
-    from django_ray.exceptions import WorkerLost
     from django_ray.models import TaskRecord
 
     record = _attempt(message, worker_id)
@@ -332,9 +332,6 @@ def lost(message: TaskMessage, worker_id: str, reason: str) -> Outcome:
 
 def max_attempts(message: TaskMessage) -> int:
     """Return how many attempts ``message``'s task allows (1 when it is not registered)."""
-    from django_ray import registry
-    from django_ray.exceptions import NotRegistered
-
     try:
         obj = registry.resolve(message.task).obj
     except NotRegistered:
@@ -349,14 +346,10 @@ def max_attempts(message: TaskMessage) -> int:
 
 
 def _store() -> Any:
-    from django_ray.celery import results
-
     return results.store()
 
 
 def _on_success(message: TaskMessage, value: Any) -> list[TaskMessage]:
-    from django_ray.celery.follow_ups import on_success
-
     return on_success(message, value, store=_store())
 
 
