@@ -29,7 +29,7 @@ from django_ray.message import TaskMessage
 from django_ray.records import record_for
 from django_ray.runners import BaseRunner, Completion
 from django_ray.runtime import bootstrap, settle
-from django_ray.runtime.bootstrap import close_stale_connections
+from django_ray.runtime.bootstrap import check_connections, close_stale_connections
 from django_ray.transport import Broker, decode_kombu, publish_now
 from django_ray.transports.kinds import kind_of
 from django_ray.transports.leases import LeaseKeeper
@@ -199,6 +199,9 @@ class Worker:
             # Full: wait on the runner, which returns as soon as one task finishes.
             self._collect(self.runner.poll(0.05))
         published = self._tick_schedule()
+        if not busy and not got and not self.runner.in_flight():
+            # Work paused: give back what CONN_MAX_AGE does not let an idle process keep.
+            close_stale_connections()
         # Only a drain that had room for a message and found none shows the queue is empty;
         # messages just published from the schedule have not been drained yet.
         if self.batch and not busy and not got and not published and self._idle():
@@ -271,7 +274,7 @@ class Worker:
         ):
             raw.requeue()
             return
-        close_stale_connections()
+        check_connections()
         try:
             message = decode_kombu(raw, self.broker.kind)
         except MalformedMessage as e:

@@ -173,9 +173,9 @@ class JobRunner(BaseRunner):
 
     def _outcome(self, job: _Job, status: str) -> settle.Outcome:
         from django_ray.records import record_for
-        from django_ray.runtime.bootstrap import close_stale_connections
+        from django_ray.runtime.bootstrap import check_connections
 
-        close_stale_connections()
+        check_connections()
         record = record_for(job.message)
         if status == "SUCCEEDED" or record.is_finished or record.status == "RETRYING":
             return settle.Outcome(task_id=job.message.id, status=record.status)

@@ -54,10 +54,14 @@ class _Terminated(KeyboardInterrupt):
 
 
 def _run_in_ray(message: TaskMessage, worker_id: str) -> Any:
+    from django_ray.runtime.bootstrap import close_stale_connections
     from django_ray.runtime.execute import execute
 
     with _sigterm_ends_attempt_unrecorded():
-        return execute(message, worker_id=worker_id)
+        try:
+            return execute(message, worker_id=worker_id)
+        finally:
+            close_stale_connections()  # a Ray worker process may wait idle for long
 
 
 @contextmanager

@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import traceback
 
 from django_ray.exceptions import ProcessSetupFailed
@@ -100,12 +101,40 @@ def _describe(error: BaseException) -> str:
     )
 
 
-def close_stale_connections() -> None:
-    """Close unusable or expired database connections, as Django does around a request.
+def check_connections() -> None:
+    """Before a task: drop a database connection that an error left unusable, keep the rest.
 
-    Called around each task. A connection inside ``atomic()`` is left alone: it belongs to
-    the caller (a test case, or ``call_command("django_ray_worker")`` run inside a
-    transaction), and Django's ``close_old_connections()`` would close it mid-transaction.
+    A healthy connection is kept from one task to the next while work continues (a new
+    connection per task costs more than a no-op task: on SQLite, closing the last
+    connection even checkpoints the WAL); ``close_stale_connections`` closes it where work
+    pauses. ``CONN_MAX_AGE`` > 0 is honoured here too. A connection inside ``atomic()``
+    belongs to the caller (a test, eager mode in a view) and is left alone.
+    """
+    from django.db import connections
+
+    now = time.monotonic()
+    for conn in connections.all(initialized_only=True):
+        if conn.in_atomic_block or conn.connection is None:
+            continue
+        if conn.errors_occurred:
+            if conn.is_usable():
+                conn.errors_occurred = False
+            else:
+                conn.close()
+                continue
+        max_age = conn.settings_dict.get("CONN_MAX_AGE")
+        if max_age and conn.close_at is not None and now >= conn.close_at:
+            conn.close()
+
+
+def close_stale_connections() -> None:
+    """Where work pauses: close database connections as Django does at a request's end.
+
+    Called when the worker goes idle, after a Ray call and when a job ends, so that an idle
+    process holds no connection ``CONN_MAX_AGE`` does not allow. A connection inside
+    ``atomic()`` is left alone: it belongs to the caller (a test case, or
+    ``call_command("django_ray_worker")`` run inside a transaction), and Django's
+    ``close_old_connections()`` would close it mid-transaction.
     """
     from django.db import connections
 

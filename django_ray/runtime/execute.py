@@ -29,7 +29,6 @@ from django_ray.celery import results
 from django_ray.exceptions import NotRegistered
 from django_ray.message import TaskMessage
 from django_ray.runtime import bootstrap, celery_exec, compat_exec, settle
-from django_ray.runtime.bootstrap import close_stale_connections
 from django_ray.runtime.settle import Outcome, Verdict
 from django_ray.runtime.values import error_info, json_result
 
@@ -37,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "Outcome",
-    "close_stale_connections",
     "error_info",
     "execute",
     "json_result",
@@ -47,11 +45,8 @@ __all__ = [
 def execute(message: TaskMessage, *, worker_id: str) -> Outcome:
     """Run ``message`` once and store the outcome in its ``TaskRecord``."""
     bootstrap.ensure_ready()
-    close_stale_connections()
-    try:
-        return _execute(message, worker_id)
-    finally:
-        close_stale_connections()
+    bootstrap.check_connections()
+    return _execute(message, worker_id)
 
 
 def _execute(message: TaskMessage, worker_id: str) -> Outcome:

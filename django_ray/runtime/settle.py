@@ -43,7 +43,7 @@ from django_ray.exceptions import (
     WorkerLost,
 )
 from django_ray.message import TaskMessage
-from django_ray.runtime.bootstrap import close_stale_connections
+from django_ray.runtime.bootstrap import check_connections
 from django_ray.runtime.values import error_info
 
 logger = logging.getLogger(__name__)
@@ -398,5 +398,5 @@ def _fresh(message: TaskMessage) -> Any:
     """Return the record of ``message`` as the database has it now."""
     from django_ray.records import record_for
 
-    close_stale_connections()
+    check_connections()
     return record_for(message)
