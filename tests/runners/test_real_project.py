@@ -61,6 +61,9 @@ def project_env(redis_url: str) -> dict[str, str]:
         "DJANGO_RAY_CELERY_APP": "celeryproj.celery.app",
         "CELERY_BROKER_URL": redis_url,
         "CELERY_RESULT_BACKEND": redis_url,
+        # The Celery app reads these two: its Ray processes need them too (RAY_ENV_VARS), or
+        # on a cluster they would store results at the app's default URL.
+        "DJANGO_RAY_RAY_ENV_VARS": "CELERY_BROKER_URL,CELERY_RESULT_BACKEND",
         "PYTHONPATH": python_path,
     }
 
@@ -101,6 +104,8 @@ def test_a_real_project_runs_in_every_mode(
         "compat orm": compat.count_records.apply_async(queue=queue).id,
         "compat exit": compat.exits.apply_async(queue=queue).id,
         "compat too deep": compat.too_deep.apply_async(queue=queue).id,
+        "django progress": django_task(shop.reports_progress),
+        "compat progress": compat.reports_progress.apply_async(queue=queue).id,
         "celery ping": celery_task("celeryproj.tasks.ping"),
         "celery fan-out": celery_task("celeryproj.tasks.fan_out", 3),
         "celery orm": celery_task("celeryproj.tasks.count_records"),
@@ -137,10 +142,24 @@ def test_a_real_project_runs_in_every_mode(
         "celery ping": ("SUCCESSFUL", "pong"),
         "celery fan-out": ("SUCCESSFUL", {"doubles": [0, 2, 4], "id": ids["celery fan-out"]}),
         "celery exit": ("FAILED", "builtins.SystemExit"),
-    }
+        # Progress written from the process that runs the task (a Ray worker, a job), seen
+        # while it runs: by the record, and by a Celery client on the result backend.
+        "django progress": ("SUCCESSFUL", {
+            "stored": True, "seen": ["RUNNING", "PROGRESS", {"step": 1, "of": 2}],
+        }),
+        "compat progress": ("SUCCESSFUL", {
+            "record": ["RUNNING", "PROGRESS", {"step": 1, "of": 2}],
+            "celery": ["PROGRESS", {"step": 1, "of": 2}],
+        }),
+    }  # fmt: skip
     # Each ran once: a task that exits is not run again by a later delivery.
     attempts = TaskRecord.objects.filter(pk__in=ids.values()).values_list("worker_ids", flat=True)
     assert all(len(workers) == 1 for workers in attempts)
+    # The record keeps the last progress reported; the Celery client now sees the outcome.
+    for name in ("django progress", "compat progress"):
+        done = TaskRecord.objects.get(pk=ids[name])
+        assert (done.progress_state, done.progress) == ("PROGRESS", {"step": 1, "of": 2})
+    assert celery_app.AsyncResult(ids["compat progress"]).state == "SUCCESS"
     # The unchanged Celery client reads its results from its own result backend.
     assert celery_app.AsyncResult(ids["celery ping"]).get(timeout=10) == "pong"
     exited = celery_app.AsyncResult(ids["celery exit"])

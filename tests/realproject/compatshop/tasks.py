@@ -40,3 +40,18 @@ def too_deep() -> list[Any]:
     for _ in range(1500):
         value = [value]
     return value
+
+
+@shared_task(bind=True)
+def reports_progress(self: Any) -> dict[str, Any]:
+    """Report progress as a Celery task does, then say what the record and an unchanged
+    Celery client (the project's app, on its result backend) see meanwhile."""
+    from celeryproj.celery import app
+
+    self.update_state(state="PROGRESS", meta={"step": 1, "of": 2})
+    record = TaskRecord.objects.get(pk=self.request.id)
+    client = app.AsyncResult(self.request.id)
+    return {
+        "record": [record.status, record.progress_state, record.progress],
+        "celery": [client.state, client.info],
+    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from django.tasks import task
+from django.tasks import TaskContext, task
 
 from django_ray.models import TaskRecord  # a task module imports models: it needs Django
 from django_ray.runtime.distributed import (
@@ -69,3 +69,13 @@ def where(n: int) -> dict[str, Any]:
         return os.environ.get("RAY_NODE_LABEL", "head")
 
     return {"task": label(0), "fan_out": parallel_map(label, range(n))}
+
+
+@task(takes_context=True)
+def reports_progress(context: TaskContext) -> dict[str, Any]:
+    """Report progress, then say what the record holds meanwhile (read back while running)."""
+    from django_ray.progress import set_progress
+
+    stored = set_progress(context, {"step": 1, "of": 2})
+    record = TaskRecord.objects.get(pk=context.task_result.id)
+    return {"stored": stored, "seen": [record.status, record.progress_state, record.progress]}
