@@ -33,8 +33,10 @@ def updated_columns(action: Any) -> set[str]:
 
 def test_an_attempt_goes_running_then_successful() -> None:
     record = new_record()
+    # A new attempt also starts with no progress (the last attempt's report is cleared).
     assert updated_columns(lambda: record.mark_running("w1")) == {
         "status", "worker_ids", "started_at", "last_attempted_at",
+        "progress", "progress_state", "progress_at",
     }  # fmt: skip
     assert (record.status, record.attempts) == (TaskStatus.RUNNING, 1)
     assert record.started_at == record.last_attempted_at
