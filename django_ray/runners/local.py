@@ -1,10 +1,18 @@
-"""``--local``: start a local Ray instance and run each task as a Ray task.
+"""``--local``: start a local Ray instance and run tasks as Ray tasks.
 
-The remote function is defined once. Up to ``concurrency`` tasks are in flight; their
-results are collected with ``ray.wait`` without blocking the consumer. A task past its
-hard time limit is cancelled (``ray.cancel(force=True)``) and FAILED; a task whose Ray
-worker died is retried if attempts remain. A task a client revokes with ``terminate=True``
-is cancelled the same way and stored REVOKED "terminated".
+The remote function is defined once and runs a *pack* of messages, one after the other in
+one Ray worker process (one Ray call, one database connection). While Ray has a free slot
+a message goes at once, alone; when every slot is busy, messages wait in the runner and
+leave together when a slot frees, up to as many as fit in ``PACK_TARGET_S`` by the task's
+measured duration (at most ``PACK_MAX``). A task with its own Ray options or a time limit
+always goes alone. Results are collected with ``ray.wait`` without blocking the consumer.
+
+A task past its hard time limit is cancelled (``ray.cancel(force=True)``) and FAILED; a
+task whose Ray worker died is retried if attempts remain. A task a client revokes with
+``terminate=True`` is cancelled the same way and stored REVOKED "terminated". When a pack's
+process dies, each member is judged by its record: a finished one is acknowledged, the one
+that was running is the lost (or terminated) attempt, and the ones that had not started
+wait in the runner again (no attempt is counted for them).
 
 If Ray itself is lost (the GCS stops answering the ping ``poll()`` sends every second, or a
 Ray call fails), the in-flight messages go back to the broker unrecorded, the runner takes
@@ -19,9 +27,10 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -43,6 +52,9 @@ CRASH_GRACE_S = 3.0  # how long a dead task process waits to be told apart from 
 RECONNECT_FIRST_S = 1.0
 RECONNECT_MAX_S = 30.0
 GET_TIMEOUT_S = 10.0
+PACK_MAX = 16  # messages in one Ray call at most
+PACK_TARGET_S = 0.05  # how long a pack should take, by its tasks' measured durations
+RESTARTS_MAX = 3  # how often a message whose pack died before it started runs again
 
 
 class RayConnectionLost(ConnectionError):
@@ -53,15 +65,30 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM reached a Ray worker process mid-task (a node or Ray itself going down)."""
 
 
-def _run_in_ray(message: TaskMessage, worker_id: str) -> Any:
+def _run_in_ray(messages: list[TaskMessage], worker_id: str) -> tuple[list[Any], float]:
+    """Run a pack of messages in order; return each one's outcome (or error) and the time.
+
+    An error of the runtime itself (e.g. the database is down) is returned in the
+    message's place, so the rest of the pack still runs and the worker gives that one
+    message back; only ``ProcessSetupFailed`` keeps its type (it fails the task).
+    """
     from django_ray.runtime.bootstrap import close_stale_connections
     from django_ray.runtime.execute import execute
 
+    results: list[Any] = []
+    started = time.perf_counter()
     with _sigterm_ends_attempt_unrecorded():
         try:
-            return execute(message, worker_id=worker_id)
+            for message in messages:
+                try:
+                    results.append(execute(message, worker_id=worker_id))
+                except ProcessSetupFailed as e:
+                    results.append(e)
+                except Exception as e:  # plain, so that it always pickles back
+                    results.append(RuntimeError(f"{type(e).__name__}: {e}"))
         finally:
             close_stale_connections()  # a Ray worker process may wait idle for long
+    return results, time.perf_counter() - started
 
 
 @contextmanager
@@ -105,12 +132,21 @@ def remote_execute() -> Any:
 
 @dataclass
 class _InFlight:
-    message: TaskMessage
-    delivery: Any
+    """One Ray call: the messages it runs, in order, with their deliveries."""
+
+    members: list[tuple[TaskMessage, Any]]
     deadline: float | None
-    # Set when Ray reported the task's process dead (see _judge_crashed).
+    # Set when Ray reported the call's process dead (see _judge_crashed).
     crash: BaseException | None = None
     crashed_at: float = 0.0
+    ids: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ids = frozenset(m.id for m, _ in self.members)
+
+    @property
+    def message(self) -> TaskMessage:
+        return self.members[0][0]
 
 
 class LocalRunner(BaseRunner):
@@ -120,8 +156,13 @@ class LocalRunner(BaseRunner):
         super().__init__(worker_id=worker_id, concurrency=concurrency, **options)
         self._requested_concurrency = concurrency
         self._in_flight: dict[Any, _InFlight] = {}
-        # Tasks whose process died, waiting CRASH_GRACE_S to learn whether Ray died too.
+        # Calls whose process died, waiting CRASH_GRACE_S to learn whether Ray died too.
         self._crashed: dict[Any, _InFlight] = {}
+        # Messages waiting for a free slot, to leave in a pack.
+        self._pending: deque[tuple[TaskMessage, Any]] = deque()
+        self._restarts: dict[str, int] = {}  # message id: how often its pack died first
+        self._durations: dict[str, float] = {}  # task name: seconds per run (moving average)
+        self._slots = 1  # how many calls Ray runs at once (its CPUs)
         self._done: list[Completion] = []
         self._connected = False
         self._next_ping = 0.0
@@ -142,9 +183,11 @@ class LocalRunner(BaseRunner):
         self.info = self.connect() or {}
         self._connected = True
         self._next_ping = time.monotonic() + PING_INTERVAL_S
+        self._slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
         if not self._requested_concurrency:
-            # Twice the CPUs: the next task already waits in Ray when one finishes.
-            self.concurrency = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+            # Two calls per CPU (the next one already waits in Ray when one finishes), each
+            # a pack when the tasks are short.
+            self.concurrency = 2 * self._slots * PACK_MAX
         remote_execute()
 
     def describe(self) -> str:
@@ -159,57 +202,98 @@ class LocalRunner(BaseRunner):
             error = RayConnectionLost("not connected to Ray; reconnecting")
             self._done.append(Completion(message, delivery, error=error))
             return
+        if message.time_limit or ray_task_options(message):
+            self._launch([(message, delivery)])  # its own call: its own options and limit
+        else:
+            self._pending.append((message, delivery))
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send waiting messages while Ray has room: alone when idle, packed when busy."""
+        while self._pending and self._connected and len(self._in_flight) < 2 * self._slots:
+            limit = self._pack_limit(self._pending[0][0])
+            members = [self._pending.popleft()]
+            while self._pending and len(members) < limit:
+                if self._pack_limit(self._pending[0][0]) < len(members) + 1:
+                    break
+                members.append(self._pending.popleft())
+            self._launch(members)
+
+    def _pack_limit(self, message: TaskMessage) -> int:
+        """How many runs of ``message``'s task fit in one pack (1 while its time is unknown)."""
+        seconds = self._durations.get(message.task)
+        if seconds is None:
+            return 1
+        return max(1, min(PACK_MAX, int(PACK_TARGET_S / max(seconds, 1e-4))))
+
+    def _launch(self, members: list[tuple[TaskMessage, Any]]) -> None:
+        first = members[0][0]
         try:
-            options = ray_task_options(message)
-            ref = remote_execute().options(**options).remote(message, self.worker_id)
+            options = ray_task_options(first)
+            messages = [m for m, _ in members]
+            ref = remote_execute().options(**options).remote(messages, self.worker_id)
         except Exception as e:
-            self._submit_failed(message, delivery, e)
+            self._submit_failed(members, e)
             return
         # The task's own process enforces the limit from its real start (SIGALRM); this
         # backstop, counted from submission, also covers queueing in Ray and a task stuck
-        # where a signal cannot reach it.
+        # where a signal cannot reach it. (A task with a limit always runs alone.)
         deadline = (
-            time.monotonic() + 2 * message.time_limit + BACKSTOP_GRACE
-            if message.time_limit
-            else None
+            time.monotonic() + 2 * first.time_limit + BACKSTOP_GRACE if first.time_limit else None
         )
-        self._in_flight[ref] = _InFlight(message, delivery, deadline)
+        self._in_flight[ref] = _InFlight(members, deadline)
 
-    def _submit_failed(self, message: TaskMessage, delivery: Any, error: Exception) -> None:
-        """Give the message back if Ray is gone; else the task's Ray options are wrong."""
+    def _submit_failed(self, members: list[tuple[TaskMessage, Any]], error: Exception) -> None:
+        """Give the messages back if Ray is gone; else the task's Ray options are wrong."""
         try:
             ray_connect.ping()
         except ConnectionError as lost:
-            self._done.append(Completion(message, delivery, error=error))
+            self._done.extend(Completion(m, d, error=error) for m, d in members)
             self._connection_lost(lost)
             return
-        logger.error("Ray refused task %s [%s]: %s", message.task, message.id, error)
-        outcome = settle.failed(message, error, reason=str(error))
-        self._done.append(Completion(message, delivery, outcome=outcome))
+        for message, delivery in members:
+            logger.error("Ray refused task %s [%s]: %s", message.task, message.id, error)
+            outcome = settle.failed(message, error, reason=str(error))
+            self._done.append(Completion(message, delivery, outcome=outcome))
 
     def in_flight(self) -> int:
-        return len(self._in_flight) + len(self._crashed)
+        calls = [*self._in_flight.values(), *self._crashed.values()]
+        return len(self._pending) + sum(len(call.members) for call in calls)
 
     def has_capacity(self) -> bool:
-        return self._connected and super().has_capacity()
+        if not self._connected or not super().has_capacity():
+            return False
+        # Take no more than the calls in flight and the packs waiting for them can carry.
+        waiting_room = (
+            2 * self._slots * (self._pack_limit(self._pending[0][0]) if self._pending else 1)
+        )
+        return len(self._pending) < waiting_room
 
     def terminate(self, task_id: str) -> bool:
-        """Cancel the Ray task running ``task_id`` (``ray.cancel(force=True)``)."""
+        """Cancel the Ray call running ``task_id`` (``ray.cancel(force=True)``).
+
+        A task waiting here, or in a pack that has not reached it yet, is not running: the
+        revoke that came with the terminate keeps it from starting.
+        """
         import ray
 
         # A snapshot: the control thread calls this while the worker loop polls.
-        for ref, item in list(self._in_flight.items()):
-            if item.message.id == task_id:
-                self._terminating.add(task_id)
-                ray.cancel(ref, force=True)
-                if ref not in self._in_flight:  # it finished meanwhile: nothing to mark
-                    self._terminating.discard(task_id)
-                return True
+        for ref, call in list(self._in_flight.items()):
+            if task_id not in call.ids:
+                continue
+            if len(call.members) > 1 and not _is_running(task_id):
+                return False
+            self._terminating.add(task_id)
+            ray.cancel(ref, force=True)
+            if ref not in self._in_flight:  # it finished meanwhile: nothing to mark
+                self._terminating.discard(task_id)
+            return True
         return False
 
     def poll(self, timeout: float = 0) -> list[Completion]:
         if self._connected:
             self._poll_ray(timeout)
+            self._flush()
         else:
             self._reconnect_when_due(timeout)
         done, self._done = self._done, []
@@ -232,7 +316,7 @@ class LocalRunner(BaseRunner):
         self._judge_crashed()
 
     def _wait(self, timeout: float) -> list[Any]:
-        """Return as soon as one task finishes, with every other one already done."""
+        """Return as soon as one call finishes, with every other one already done."""
         import ray
 
         refs = list(self._in_flight)
@@ -252,57 +336,111 @@ class LocalRunner(BaseRunner):
         import ray
         from ray import exceptions as rex
 
-        item = self._in_flight.pop(ref)
-        terminating = item.message.id in self._terminating
-        self._terminating.discard(item.message.id)
+        call = self._in_flight.pop(ref)
+        terminated = call.ids & self._terminating
+        self._terminating -= call.ids
         try:
-            outcome = ray.get(ref, timeout=GET_TIMEOUT_S)  # ready: returns at once
+            results, seconds = ray.get(ref, timeout=GET_TIMEOUT_S)  # ready: returns at once
         except (rex.WorkerCrashedError, rex.NodeDiedError, rex.LocalRayletDiedError,
                 rex.ObjectLostError) as e:  # fmt: skip
-            if terminating:
-                outcome = settle.revoked(item.message, "terminated")
-            else:  # the task's death or Ray's? _judge_crashed tells after CRASH_GRACE_S
-                item.crash, item.crashed_at = e, time.monotonic()
-                self._crashed[ref] = item
-                return
+            if terminated:
+                self._settle_dead_call(call, e, terminated)
+            else:  # the call's death or Ray's? _judge_crashed tells after CRASH_GRACE_S
+                call.crash, call.crashed_at = e, time.monotonic()
+                self._crashed[ref] = call
+            return
         except (rex.OutOfMemoryError, rex.TaskCancelledError) as e:
-            if terminating:
-                outcome = settle.revoked(item.message, "terminated")
-            else:
-                outcome = self._lost(item, e)
-        except rex.RayTaskError as e:  # execute() itself failed (e.g. the database)
+            self._settle_dead_call(call, e, terminated)
+            return
+        except rex.RayTaskError as e:  # the call itself failed (e.g. its process set-up)
             cause = getattr(e, "cause", None)
-            if isinstance(cause, ProcessSetupFailed):
-                # That Ray process cannot run any task of this project: say so, once.
-                logger.error("Task %s [%s]: %s", item.message.task, item.message.id, cause)
-                outcome = settle.failed(item.message, cause, with_traceback=False)
-                self._done.append(Completion(item.message, item.delivery, outcome=outcome))
-                return
-            logger.error("Ray task for %s failed outside the task: %s", item.message.id, e)
-            self._done.append(Completion(item.message, item.delivery, error=e))
+            for message, delivery in call.members:
+                if isinstance(cause, ProcessSetupFailed):
+                    self._setup_failed(message, delivery, cause)
+                else:
+                    logger.error("Ray task for %s failed outside the task: %s", message.id, e)
+                    self._done.append(Completion(message, delivery, error=e))
             return
         except Exception as e:
-            self._done.append(Completion(item.message, item.delivery, error=e))
+            self._done.extend(Completion(m, d, error=e) for m, d in call.members)
             return
-        self._done.append(Completion(item.message, item.delivery, outcome=outcome))
+        self._learn(call, seconds)
+        for (message, delivery), result in zip(call.members, results, strict=True):
+            self._restarts.pop(message.id, None)
+            if isinstance(result, ProcessSetupFailed):
+                self._setup_failed(message, delivery, result)
+            elif isinstance(result, BaseException):
+                self._done.append(Completion(message, delivery, error=result))
+            else:
+                self._done.append(Completion(message, delivery, outcome=result))
 
-    def _lost(self, item: _InFlight, error: BaseException) -> settle.Outcome:
-        if item.deadline is not None and time.monotonic() >= item.deadline:
-            return settle.time_limit(item.message, self.worker_id)
-        return settle.lost(item.message, self.worker_id, type(error).__name__)
+    def _setup_failed(self, message: TaskMessage, delivery: Any, cause: BaseException) -> None:
+        # That Ray process cannot run any task of this project: say so, and fail the task.
+        logger.error("Task %s [%s]: %s", message.task, message.id, cause)
+        outcome = settle.failed(message, cause, with_traceback=False)
+        self._done.append(Completion(message, delivery, outcome=outcome))
+
+    def _learn(self, call: _InFlight, seconds: float) -> None:
+        """Keep a moving average of each task's run time, to size its packs."""
+        each = seconds / len(call.members)
+        for name in {m.task for m, _ in call.members}:
+            known = self._durations.get(name)
+            self._durations[name] = each if known is None else 0.7 * known + 0.3 * each
+
+    def _settle_dead_call(
+        self, call: _InFlight, error: BaseException, terminated: frozenset[str] | set[str]
+    ) -> None:
+        """Settle the members of a call whose process died or was cancelled.
+
+        Alone, its message is the lost (or terminated) attempt. In a pack, each record tells:
+        finished ones are acknowledged as they are, the running one is the lost or
+        terminated attempt, and the ones not started wait here again.
+        """
+        if len(call.members) == 1:
+            message, delivery = call.members[0]
+            if message.id in terminated:
+                outcome = settle.revoked(message, "terminated")
+            else:
+                outcome = self._lost(call, error)
+            self._done.append(Completion(message, delivery, outcome=outcome))
+            return
+        from django_ray.models import TaskRecord, TaskStatus
+
+        records = TaskRecord.objects.in_bulk(list(call.ids))
+        for message, delivery in call.members:
+            record = records.get(message.id)
+            if record is not None and record.is_finished:
+                outcome = settle.duplicate(record)
+            elif record is not None and record.status == TaskStatus.RUNNING:
+                if message.id in terminated:
+                    outcome = settle.revoked(message, "terminated")
+                else:
+                    outcome = settle.lost(message, self.worker_id, type(error).__name__)
+            elif self._restarts.get(message.id, 0) < RESTARTS_MAX:
+                self._restarts[message.id] = self._restarts.get(message.id, 0) + 1
+                self._pending.appendleft((message, delivery))
+                continue
+            else:
+                outcome = settle.lost(message, self.worker_id, type(error).__name__)
+            self._done.append(Completion(message, delivery, outcome=outcome))
+
+    def _lost(self, call: _InFlight, error: BaseException) -> settle.Outcome:
+        if call.deadline is not None and time.monotonic() >= call.deadline:
+            return settle.time_limit(call.message, self.worker_id)
+        return settle.lost(call.message, self.worker_id, type(error).__name__)
 
     def _enforce_time_limits(self) -> None:
         import ray
 
         now = time.monotonic()
-        for ref, item in self._in_flight.items():
-            if item.deadline is not None and now >= item.deadline:
+        for ref, call in self._in_flight.items():
+            if call.deadline is not None and now >= call.deadline:
                 ray.cancel(ref, force=True)
 
     def _judge_crashed(self) -> None:
-        """Record the crashes whose grace is over as lost attempts, if Ray still answers."""
+        """Settle the crashes whose grace is over as lost attempts, if Ray still answers."""
         now = time.monotonic()
-        due = [ref for ref, item in self._crashed.items() if now >= item.crashed_at + CRASH_GRACE_S]
+        due = [ref for ref, call in self._crashed.items() if now >= call.crashed_at + CRASH_GRACE_S]
         if not due:
             return
         try:
@@ -311,16 +449,18 @@ class LocalRunner(BaseRunner):
             self._connection_lost(e)
             return
         for ref in due:
-            item = self._crashed.pop(ref)
-            assert item.crash is not None
-            outcome = self._lost(item, item.crash)
-            self._done.append(Completion(item.message, item.delivery, outcome=outcome))
+            call = self._crashed.pop(ref)
+            assert call.crash is not None
+            self._settle_dead_call(call, call.crash, set())
 
     def _connection_lost(self, error: BaseException) -> None:
         """Give every unfinished message back unrecorded, drop Ray, and plan a reconnect."""
-        lost = [*self._in_flight.values(), *self._crashed.values()]
+        lost = [m for call in (*self._in_flight.values(), *self._crashed.values())
+                for m in call.members]  # fmt: skip
+        lost += list(self._pending)
         self._in_flight.clear()
         self._crashed.clear()
+        self._pending.clear()
         self._terminating.clear()
         self._connected = False
         self._retry_delay = RECONNECT_FIRST_S
@@ -331,8 +471,8 @@ class LocalRunner(BaseRunner):
             "reconnecting with back-off, first in %.0f s.", reason, len(lost), self._retry_delay,
         )  # fmt: skip
         gone = RayConnectionLost(f"lost the connection to Ray ({reason})")
-        for item in lost:
-            self._done.append(Completion(item.message, item.delivery, error=gone))
+        for message, delivery in lost:
+            self._done.append(Completion(message, delivery, error=gone))
         _disconnect()
 
     def _reconnect_when_due(self, timeout: float) -> None:
@@ -360,7 +500,7 @@ class LocalRunner(BaseRunner):
     def shutdown(self, *, wait: bool = True) -> None:
         import ray
 
-        while wait and self.in_flight():
+        while wait and self.in_flight() and self._connected:
             self._done.extend(self.poll(0.2))
         if not wait:
             if self._connected:
@@ -368,6 +508,7 @@ class LocalRunner(BaseRunner):
                     ray.cancel(ref, force=True)
             self._in_flight.clear()
             self._crashed.clear()
+            self._pending.clear()
         _disconnect()
 
 
@@ -383,3 +524,10 @@ def _describe(error: BaseException) -> str:
     """Return ``error`` in one short line for the log."""
     text = " ".join(str(error).split())[:200]
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _is_running(task_id: str) -> bool:
+    """Whether the record of ``task_id`` says an attempt is running now."""
+    from django_ray.models import TaskRecord, TaskStatus
+
+    return TaskRecord.objects.filter(pk=task_id, status=TaskStatus.RUNNING).exists()
