@@ -170,6 +170,7 @@ class LocalRunner(BaseRunner):
         self._next_reconnect = 0.0
         # Task ids a client revoked with terminate=True while they ran (see terminate()).
         self._terminating: set[str] = set()
+        self._shut_down = False
         self.info: dict[str, Any] = {}
 
     # -- connection -------------------------------------------------------------
@@ -291,7 +292,9 @@ class LocalRunner(BaseRunner):
         return False
 
     def poll(self, timeout: float = 0) -> list[Completion]:
-        if self._connected:
+        if self._shut_down:  # what finished while shutting down; Ray is gone on purpose
+            pass
+        elif self._connected:
             self._poll_ray(timeout)
             self._flush()
         else:
@@ -509,6 +512,7 @@ class LocalRunner(BaseRunner):
             self._in_flight.clear()
             self._crashed.clear()
             self._pending.clear()
+        self._shut_down = True
         _disconnect()
 
 
