@@ -66,6 +66,11 @@ DEFAULTS: dict[str, Any] = {
     # Seconds between two heartbeats a worker writes to the database (WorkerHeartbeat);
     # django_ray_status shows a worker silent for 3 x this long as stale.
     "HEARTBEAT_INTERVAL": 5,
+    # SQLite (the embedded default): put each database file in WAL mode with synchronous=
+    # NORMAL and wait up to 30 s for a lock (unless OPTIONS["timeout"] says otherwise), so
+    # the worker, the Ray processes and the producer share the file without "database is
+    # locked" and without a disk flush per commit. False: leave SQLite as configured.
+    "SQLITE_WAL": True,
 }
 
 # The Ray options a task may declare (``@task(ray_options=...)``, ``OPTIONS["TASK_OPTIONS"]``).

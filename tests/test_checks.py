@@ -8,6 +8,7 @@ import pytest
 from django.core import checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
+from django.db import connection
 from django.tasks import task_backends
 from django.test import modify_settings, override_settings
 
@@ -113,3 +114,22 @@ def test_broker_password_is_not_shown() -> None:
     with override_settings(DJANGO_RAY={"BROKER_URL": "kafka://user:s3cret@host"}):
         (message,) = check_settings()
     assert "s3cret" not in message.msg
+
+
+@pytest.mark.parametrize("enabled, mode", [(True, "wal"), (False, "delete")])
+def test_a_sqlite_file_opens_in_wal_mode_unless_turned_off(
+    settings: Any, tmp_path: Any, enabled: bool, mode: str
+) -> None:
+    from django.db.backends.sqlite3.base import DatabaseWrapper
+
+    settings.DJANGO_RAY = {**settings.DJANGO_RAY, "SQLITE_WAL": enabled}
+    wrapper = DatabaseWrapper({**connection.settings_dict, "NAME": str(tmp_path / "x.sqlite3"),
+                               "OPTIONS": {}})  # fmt: skip
+    try:
+        with wrapper.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode")
+            assert cursor.fetchone()[0] == mode
+            cursor.execute("PRAGMA busy_timeout")
+            assert cursor.fetchone()[0] == (30000 if enabled else 5000)
+    finally:
+        wrapper.close()
