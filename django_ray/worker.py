@@ -38,6 +38,9 @@ logger = logging.getLogger("django_ray.worker")
 
 __all__ = ["Worker", "WorkerShutdown", "default_worker_id"]
 
+# What kombu raises reading an item that is not a message (a Redis list item that is not
+# JSON, or not an envelope, or whose body does not decode): never a database or broker error.
+UNREADABLE_ITEM = (ValueError, TypeError, AttributeError, KeyError, LookupError)
 # How close an ETA must be for batch mode to wait for it rather than exit.
 BATCH_GRACE_SECONDS = 2.0
 
@@ -184,13 +187,19 @@ class Worker:
         if self.runner.has_capacity():
             try:
                 got = self.broker.drain(timeout=0.005 if busy else 0.5)
+            except UNREADABLE_ITEM as e:
+                # An item the transport could not turn into a message (not JSON, not an
+                # envelope, a body it cannot decode): it is gone from the broker already, so
+                # there is nothing to wait for; the next item may be fine. (Before the
+                # broker's errors: kombu counts a KeyError as a Redis connection error.)
+                logger.error("Dropped an item the transport could not read: %s", _short(e))
+                return
             except self.broker.recoverable_errors as e:
                 self._reconnect(e)
                 return
             except Exception as e:
-                # Something no message handler refused: bytes the transport itself could not
-                # read (a non-JSON item pushed onto a Redis list), or a database error while
-                # handling one. The broker keeps (or redelivers) what was not acknowledged.
+                # Something no message handler refused: e.g. a database error while handling
+                # one. The broker keeps (or redelivers) what was not acknowledged.
                 logger.error("Could not take a message from the broker: %s", _short(e))
                 self._back_off()
                 return

@@ -148,3 +148,68 @@ def test_garbage_pushed_onto_a_redis_list_does_not_stop_the_worker(
     good.refresh()
     assert good.return_value == 5
     assert queue_size(queue) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_of_a_django_queue_that_are_not_messages_are_dropped(queue: str) -> None:
+    from django_ray.models import QueueMessage
+
+    # Rows no kombu producer writes (by hand, or a broken producer): each was claimed, failed
+    # to build, rolled back or came back after its lease, and stayed first in the queue.
+    envelope = {
+        "body": "%%% not base64 %%%",
+        "headers": {"id": "x", "task": ADD},
+        "content-type": "application/json",
+        "properties": {"body_encoding": "base64"},
+    }
+    garbage = ["not json", "[1, 2]", "null", json.dumps({**envelope, "properties": []}),
+               json.dumps({**envelope, "headers": ["x"]}), json.dumps(envelope)]  # fmt: skip
+    for n, payload in enumerate(garbage):
+        QueueMessage.objects.create(queue=queue, payload=payload, delivery_tag=f"{queue}-{n}")
+    good = tasks.add.using(queue_name=queue).enqueue(2, 3)
+
+    run_worker_inprocess([queue])
+
+    good.refresh()
+    assert good.return_value == 5
+    assert queue_size(queue) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_priority_header_past_any_column_is_stored_clamped_on_django(queue: str) -> None:
+    publish_raw(queue, body(), headers=headers("huge-priority", django_ray_priority=2**64))
+
+    run_worker_inprocess([queue])
+
+    record = TaskRecord.objects.get(pk="huge-priority")
+    assert (record.status, record.return_value, record.priority) == ("SUCCESSFUL", 3, 100)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
+@pytest.mark.django_db(transaction=True)
+def test_a_run_of_garbage_on_a_redis_list_costs_no_pause_and_no_reconnect(
+    broker_url: str, queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis
+
+    from django_ray.transport import Broker
+
+    broker = Broker(broker_url)
+    broker._declare(queue)
+    broker.close()
+    # Items kombu cannot turn into messages: not JSON, not an envelope, no properties (a
+    # KeyError, which kombu counts as a Redis connection error). Each used to pause the
+    # worker longer (0.5 s doubling to 10 s), or make it reconnect.
+    items = [b"not json", b"[1]", json.dumps({"body": "", "headers": {}}).encode()] * 10
+    redis.Redis.from_url(broker_url).lpush(queue, *items)
+    good = tasks.add.using(queue_name=queue).enqueue(2, 3)
+
+    with caplog.at_level("INFO", logger="django_ray.worker"):
+        run_worker_inprocess([queue])
+
+    good.refresh()
+    assert good.return_value == 5
+    assert caplog.text.count("Dropped an item the transport could not read") == len(items)
+    assert "Broker connection lost" not in caplog.text
+    assert "Could not take a message" not in caplog.text

@@ -48,6 +48,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Channel", "QoS", "Transport"]
 
+# What building a kombu message from a row that is not one raises (bad JSON or base64, an
+# unknown body encoding, fields of the wrong type).
+UNREADABLE = (ValueError, TypeError, AttributeError, KeyError, LookupError, RecursionError)
+
 
 class QoS(virtual.QoS):
     """Acknowledge by deleting the row; requeue by making it visible again."""
@@ -101,11 +105,12 @@ class Channel(virtual.Channel):
         priority = headers.get("django_ray_priority")
         if not isinstance(priority, int):
             # A Celery-style 0-9 priority: this transport serves higher numbers first.
-            priority = int(props.get("priority") or 0)
+            priority = props.get("priority") if isinstance(props.get("priority"), int) else 0
         self._rows.create(
             queue=queue,
             payload=json.dumps(message),
-            priority=priority,
+            # Django's -100..100, as the worker reads it (a header past int4 is stored too).
+            priority=max(-100, min(100, priority)),
             visible_at=_eta(headers.get("eta")) or timezone.now(),
             delivery_tag=props.get("delivery_tag"),
         )
@@ -114,12 +119,26 @@ class Channel(virtual.Channel):
         now = timezone.now()
         try:
             with transaction.atomic(using=self.db_alias):
-                candidates = self._rows.visible(queue, now)
+                # Not the payloads (up to megabytes each) of rows that may not be claimed.
+                candidates = self._rows.visible(queue, now).only(
+                    "pk", "visible_at", "delivery_tag", "delivered_count"
+                )
                 if connections[self.db_alias].features.has_select_for_update_skip_locked:
                     candidates = candidates.select_for_update(skip_locked=True)
                 for row in candidates[:10]:
-                    if self._claim(row, now):
+                    if not self._claim(row, now):
+                        continue
+                    try:
                         return self._payload(row)
+                    except UNREADABLE as e:
+                        # Not a kombu message (a row written by hand or by a broken
+                        # producer): nothing in it can be recorded or run. Dropped, or it
+                        # would be the first row of the queue for ever.
+                        logger.error(
+                            "django:// dropped unreadable message #%s of queue %r (%s: %s).",
+                            row.pk, queue, type(e).__name__, str(e)[:200],
+                        )  # fmt: skip
+                        row.delete()
         except DatabaseError as e:  # e.g. SQLite "database is locked": look again later
             logger.debug("django:// could not read queue %r: %s", queue, e)
         raise Empty()
@@ -133,11 +152,19 @@ class Channel(virtual.Channel):
 
     def _payload(self, row: Any) -> dict[str, Any]:
         payload = json.loads(row.payload)
-        props = payload.setdefault("properties", {})
+        if not isinstance(payload, dict) or not isinstance(
+            payload.setdefault("properties", {}), dict
+        ):
+            raise ValueError("the row is not a kombu message (a JSON object with properties)")
+        props = payload["properties"]
         props["delivery_tag"] = row.delivery_tag
         if row.delivered_count:
             payload["redelivered"] = True
             props.setdefault("delivery_info", {})["redelivered"] = True
+        # What kombu will build from it must build (headers an object, the body decodable),
+        # or the failure would escape the worker's drain with the row claimed, and the row
+        # come back after every lease.
+        self.Message(payload, channel=self)
         return payload
 
     def _size(self, queue: str) -> int:
