@@ -20,6 +20,7 @@ from django_ray.message import TaskMessage, new_task_id
 from django_ray.models import QueueMessage
 from django_ray.transport import Broker, decode_kombu
 from django_ray.transports.django import Transport
+from tests.waiting import wait_until
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -221,3 +222,37 @@ def test_postgres_skips_rows_locked_by_another_consumer(
     raw = get(queue)
     assert raw is not None and raw.headers["id"] == first.id
     raw.ack()
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="PostgreSQL only; tests/test_records_postgres.py runs it on PostgreSQL",
+)
+@pytest.mark.django_db(transaction=True)
+def test_postgres_wakes_a_waiting_consumer_on_commit_not_at_its_next_look(queue: str) -> None:
+    """A consumer that looks every 60 s still gets a message in seconds: NOTIFY wakes it."""
+    received: list[Any] = []
+    consumer_conn = Connection("django://", transport_options={"polling_interval": 60})
+    channel = consumer_conn.default_channel
+    channel.queue_declare(queue=queue)
+    channel.basic_consume(queue, False, received.append, consumer_tag="waiting")
+
+    def consume() -> None:
+        try:
+            consumer_conn.drain_events(timeout=120)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    transport = consumer_conn.transport
+    wait_until(
+        lambda: transport._listener is not None and queue in transport._listener.listening,
+        "the consumer to LISTEN",
+    )
+    assert transport._listener.listening == {queue}
+    Broker("django://").publish(message_for(queue))
+    wait_until(lambda: bool(received), "the waiting consumer to take the message", timeout=20)
+    thread.join(10)
+    consumer_conn.release()

@@ -18,7 +18,9 @@ Transport options
 =================
 * ``visibility_timeout``: seconds before an unacknowledged message is delivered again
   (default: ``DJANGO_RAY["VISIBILITY_TIMEOUT"]``).
-* ``polling_interval``: seconds between two looks at an empty queue (default 0.1).
+* ``polling_interval``: seconds between two looks at an empty queue (default 0.1). On
+  PostgreSQL a consumer also ``LISTEN``s for the ``NOTIFY`` each publish sends when its
+  transaction commits, and wakes at once instead of at its next look.
 
 A message is a row of ``QueueMessage``. Delivering it hides it for the visibility timeout;
 acknowledging deletes it; a worker that dies without acknowledging loses nothing: the row
@@ -30,8 +32,11 @@ transaction: a rollback removes it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import select
+import time
 from datetime import UTC, datetime, timedelta
 from queue import Empty
 from typing import Any
@@ -114,6 +119,10 @@ class Channel(virtual.Channel):
             visible_at=_eta(headers.get("eta")) or timezone.now(),
             delivery_tag=props.get("delivery_tag"),
         )
+        db = connections[self.db_alias]
+        if db.vendor == "postgresql":  # wakes a listening consumer when this commits
+            with db.cursor() as cursor:
+                cursor.execute("SELECT pg_notify(%s, '')", [notify_channel(queue)])
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         now = timezone.now()
@@ -206,10 +215,86 @@ class Transport(virtual.Transport):
     # kombu's one-element default makes mypy type the attribute as a one-element tuple.
     channel_errors = (*virtual.Transport.channel_errors, DatabaseError)  # type: ignore[assignment]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._listener: Listener | None = None
+
     def driver_version(self) -> str:
         import django
 
         return django.get_version()
+
+    def drain_events(self, connection: Any, timeout: Any = None) -> Any:  # type: ignore[override]
+        """kombu's loop over the channels, waiting between two looks on ``NOTIFY`` if it can."""
+        cycle = self.cycle
+        assert cycle is not None
+        started = time.monotonic()
+        interval = self.polling_interval
+        if timeout and interval and interval > timeout:
+            interval = timeout
+        while True:
+            try:
+                cycle.get(self._deliver, timeout=timeout)
+                return
+            except Empty:
+                if timeout is not None and time.monotonic() - started >= timeout:
+                    raise TimeoutError() from None
+                if interval is not None:
+                    self._pause(interval)
+
+    def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when a publish to a queue consumed here commits."""
+        queues = {q for channel in self.channels for q in channel._active_queues}
+        alias = self.channels[0].db_alias if self.channels else "default"
+        if queues and connections[alias].vendor == "postgresql":
+            try:
+                if self._listener is None:
+                    self._listener = Listener(alias)
+                self._listener.wait(queues, seconds)
+                return
+            except Exception as e:  # the database is away: poll as elsewhere
+                logger.warning("django:// could not LISTEN for new messages (%s).", e)
+                self.close_listener()
+        time.sleep(seconds)
+
+    def close_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def close_connection(self, connection: Any) -> None:
+        self.close_listener()
+        super().close_connection(connection)
+
+
+class Listener:
+    """A connection of its own (autocommit) that ``LISTEN``s on the consumed queues."""
+
+    def __init__(self, alias: str) -> None:
+        db = connections[alias]
+        self.raw = db.get_new_connection(db.get_connection_params())
+        self.raw.autocommit = True
+        self.listening: set[str] = set()
+
+    def wait(self, queues: set[str], seconds: float) -> None:
+        for queue in queues - self.listening:
+            self.raw.execute(f'LISTEN "{notify_channel(queue)}"')
+            self.listening.add(queue)
+        readable, _, _ = select.select([self.raw.fileno()], [], [], seconds)
+        if readable:
+            for _ in self.raw.notifies(timeout=0):  # read them all: one look serves them
+                pass
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        except Exception:
+            logger.debug("Ignoring an error while closing the LISTEN connection.", exc_info=True)
+
+
+def notify_channel(queue: str) -> str:
+    """The ``NOTIFY`` channel of ``queue`` (a valid identifier, whatever the queue's name)."""
+    return "django_ray_" + hashlib.sha1(queue.encode()).hexdigest()[:40]
 
 
 def _eta(value: Any) -> datetime | None:
