@@ -40,8 +40,9 @@ check: setup
 	cd testproject && ../$(BIN)/python manage.py check
 	cd testproject && ../$(BIN)/python manage.py makemigrations --check --dry-run
 
+# The benchmark suite against Celery (docs/benchmarks.md); ARGS=--quick for a few minutes.
 bench: setup
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/suite.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) testproject/*.sqlite3*

@@ -1,36 +1,24 @@
-"""Throughput of one --sync worker over django:// and Redis (issue #2's first benchmark).
+"""Throughput of one --sync worker over django:// and Redis: a quick check of one machine.
 
 Usage: ``python benchmarks/run.py [--tasks N]``. Enqueues N no-op tasks, drains them with
 one ``django_ray_worker --sync --batch`` subprocess, and prints enqueue and drain rates
 side by side with their ratio (compare within one run: these machines are noisy).
+The whole suite, against Celery, is ``benchmarks/suite.py`` (``make bench``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import subprocess
-
-from benchmarks.harness import ROOT, Run, environment, fresh_database
-
-
-def helper(env: dict[str, str], *args: str) -> dict:  # type: ignore[type-arg]
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "scripts_enqueue.py"), *args],
-        env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return json.loads(out.stdout.strip().splitlines()[-1])
+from benchmarks.harness import REDIS, Run, environment, fresh_database, helper, worker
 
 
 def measure(label: str, broker: str, tasks: int, *mode: str, workload: str = "noop") -> Run:
-    from benchmarks.harness import worker
-
     env = environment(broker, fresh_database())
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     enqueued = helper(env, "enqueue", workload, str(tasks), queue)
@@ -44,7 +32,7 @@ def measure(label: str, broker: str, tasks: int, *mode: str, workload: str = "no
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=500)
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/9")
+    parser.add_argument("--redis", default=REDIS)
     args = parser.parse_args()
     runs = [
         measure("sync / django://", "django://", args.tasks, "--sync"),
