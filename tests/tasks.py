@@ -173,3 +173,18 @@ def slow_to_fail_first(context: TaskContext, seconds: float) -> int:
 @task
 def length(data: str) -> int:
     return len(data)
+
+
+@task
+def journal(path: str, label: str, seconds: float) -> str:
+    """Append ``start <label> <time>``, sleep, then append ``end <label> <time>`` to ``path``.
+
+    One short append each, so lines from several processes never interleave: the file
+    tells how often the body started and finished (the kill -9 tests count them).
+    """
+    with Path(path).open("a") as fh:
+        fh.write(f"start {label} {time.time():.3f}\n")
+    time.sleep(seconds)
+    with Path(path).open("a") as fh:
+        fh.write(f"end {label} {time.time():.3f}\n")
+    return label
