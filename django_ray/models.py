@@ -302,6 +302,10 @@ class QueueMessage(models.Model):
     class Meta:
         indexes = [
             models.Index(fields=["queue", "visible_at"], name="django_ray_queue_visible"),
+            # A claim's order (``visible``): taken from the index, not sorted per claim.
+            models.Index(
+                fields=["queue", "-priority", "visible_at", "id"], name="django_ray_queue_claim"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -48,6 +48,9 @@ KILLS = 3
 # backlog ahead of it (a message given back waits behind the queue's others), the next
 # workers' start (a local Ray takes seconds) and the kills that follow it.
 RECOVERY_LIMIT = 120
+# In --local mode the replacement first starts a Ray of its own (15 s and more on a loaded
+# 2-core machine), once per kill: the figure is mostly that start-up.
+RECOVERY_LIMITS = {"local": 240}
 
 
 class Worker:
@@ -197,7 +200,7 @@ def run_batch_with_kills(
             for each in labels
         ]
         recoveries.append(max(back, default=0.0))
-    assert max(recoveries) < RECOVERY_LIMIT, recoveries
+    assert max(recoveries) < RECOVERY_LIMITS.get(mode, RECOVERY_LIMIT), recoveries
     print(
         f"\nkill -9 [{mode}, {broker_url.split(':')[0]}]: {count} tasks of {seconds} s, "
         f"{KILLS} kills, {len(interrupted)} tasks interrupted; work back "
@@ -212,7 +215,7 @@ def run_batch_with_kills(
     "broker_url", ["django", pytest.param("redis", marks=pytest.mark.redis)], indirect=True
 )
 def test_kill_9_sync(broker_url: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    run_batch_with_kills("sync", broker_url, request, tmp_path, count=40, seconds=0.5)
+    run_batch_with_kills("sync", broker_url, request, tmp_path, count=20, seconds=0.4)
 
 
 @pytest.mark.ray
@@ -223,4 +226,4 @@ def test_kill_9_sync(broker_url: str, request: pytest.FixtureRequest, tmp_path: 
 def test_kill_9_ray_modes(
     mode: str, broker_url: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    run_batch_with_kills(mode, broker_url, request, tmp_path, count=24, seconds=0.5)
+    run_batch_with_kills(mode, broker_url, request, tmp_path, count=12, seconds=0.4)
