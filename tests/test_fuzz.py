@@ -27,8 +27,10 @@ would not: it is random and meant for the REPL). Times are drawn as offsets ("30
 "2 s ahead", "a day ahead") and turned into dates when the message is published, so that
 an ETA a few seconds ahead is still a few seconds ahead when the worker reads it.
 
-Each broker takes every other example, so the two runs together put the whole corpus
-(10,300 messages) through a worker, each message once.
+The brokers share the corpus, so the two runs together put all of it (10,300 messages)
+through a worker, each message once: django:// takes every fourth example (a claim there
+is a database transaction; its storage and the worker's are one SQLite file) and Redis the
+other three quarters.
 
 The figures (messages by kind, outcomes, seconds) are printed; run with ``-s`` to see them.
 ``DJANGO_RAY_FUZZ_EXAMPLES`` changes the number of examples (for a quicker local run).
@@ -532,12 +534,12 @@ def envelope(variant: str, base: Wire, queue: str) -> Wire:
 
 
 def wire_messages(queue: str, part: int) -> list[Wire]:
-    """The wire messages of one half of the corpus (``part`` 0 or 1: every other example), so
-    that the two brokers together take all of it, each message once."""
+    """The wire messages of one share of the corpus (``part`` 0: every fourth example; 1:
+    the others), so that the two brokers together take all of it, each message once."""
     now = datetime.now(UTC)
     wires: list[Wire] = []
     for n, (message, mutant_lists) in enumerate(corpus()):
-        if n % 2 != part:
+        if (n % 4 == 0) != (part == 0):
             continue
         base = valid_wire(message, f"{queue}-{n}", queue, now)
         wires.append(base)
@@ -689,8 +691,8 @@ def test_fuzzed_messages_never_stop_the_worker_and_nothing_unregistered_runs(
     wires = wire_messages(queue, part=0 if broker_url.startswith("django") else 1)
     generated = time.monotonic()
     ids = [w.task_id for w in wires if w.task_id is not None and w.kind != "envelope"]
-    # Each broker takes half of the corpus: 10,300 messages through the two of them.
-    assert len(wires) >= 5_000 or EXAMPLES < 1000
+    # Each broker takes its share of the corpus: 10,300 messages through the two of them.
+    assert len(wires) >= (2_500 if broker_url.startswith("django") else 7_500) or EXAMPLES < 1000
     assert len(set(ids)) == len(ids)
 
     canary = tmp_path / "canary"
