@@ -130,7 +130,7 @@ def test_only_the_transport_layer_imports_kombu() -> None:
         "django_ray/transports/__init__.py",
         "django_ray/transports/django.py",
         # Celery's pidbox (revoke from Celery clients): a known exception, see control.py.
-        "django_ray/control.py",
+        "django_ray/celery/control.py",
     }, importers
 
 

@@ -134,11 +134,12 @@ def test_inspect_stats(worker: RunningWorker) -> None:
 
 def test_cli_control_revoke(worker: RunningWorker, redis_client: redis.Redis) -> None:
     key = unique("cli-revoked")
-    parked = cw_tasks.record_run.apply_async((key,), countdown=1)
+    # Due in 8 s: the revoke (a `celery` command, seconds to start) arrives well before.
+    parked = cw_tasks.record_run.apply_async((key,), countdown=8)
     reply = cli_json("control", "revoke", parked.id)
     assert reply == [{NODE: {"ok": f"tasks {parked.id} flagged as revoked"}}]  # control: a list
     with pytest.raises(Exception, match="revoked") as info:
-        parked.get(timeout=TIMEOUT)
+        parked.get(timeout=TIMEOUT + 8)  # told when the message comes up
     assert type(info.value).__name__ == "TaskRevokedError"
     assert redis_client.hgetall(f"cw:runs:{key}") == {}
 
