@@ -173,6 +173,11 @@ class Broker:
         lease = float(options.get("visibility_timeout") or lease_seconds())
         return LeaseKeeper(self.kind, self.url, lease=lease, options=options)
 
+    def delivered_here(self, delivery: Any) -> bool:
+        """Whether ``delivery`` (a kombu message) came through the current connection."""
+        consumer = self._consumer
+        return consumer is not None and getattr(delivery, "channel", None) is consumer.channel
+
     def drain(self, timeout: float) -> bool:
         """Deliver what arrives within ``timeout`` seconds; return False if nothing came."""
         try:

@@ -99,6 +99,8 @@ class Worker:
         # so that a message given back to the broker is not retried in a hot loop.
         self._pause = 0.0
         self._paused_until = 0.0
+        # An acknowledgement that failed on the live connection: reconnect before consuming.
+        self._broken: BaseException | None = None
         self.leases: LeaseKeeper = LeaseKeeper(kind_of("none"), "", lease=1.0, options={})
         # What Celery's inspect/stats see (read from the control thread): the messages
         # submitted and not yet collected, with their start times, and finished tasks by name.
@@ -183,6 +185,12 @@ class Worker:
             time.sleep(min(0.1, self._paused_until - time.monotonic()))
             self._collect(self.runner.poll(0))
             return
+        if self._broken is not None:
+            # kombu still counts the message it could not acknowledge as held: on a
+            # connection that lives on, Redis would never be asked for another one.
+            error, self._broken = self._broken, None
+            self._reconnect(error)
+            return
         got = False
         if self.runner.has_capacity():
             try:
@@ -253,6 +261,8 @@ class Worker:
             self.heartbeat = time.monotonic()
             logger.warning("Broker connection lost (%s); reconnecting in %.0fs.", error, delay)
             time.sleep(delay)
+            # django:// is the database: a connection the outage broke must be dropped.
+            check_connections()
             try:
                 self.broker.reconnect()
             except self.broker.recoverable_errors as e:
@@ -340,9 +350,12 @@ class Worker:
             self.leases.release(done.delivery)
             self._notify("finished", done.message, outcome)
             if done.error is not None or done.outcome is None:
+                # A database that went away is one line; anything else, its traceback.
+                trace = None if isinstance(done.error, DatabaseError) else done.error
                 logger.error("Task %s [%s] was not completed (%s); returning it to the broker.",
-                             done.message.task, done.message.id, done.error,
-                             exc_info=done.error)  # fmt: skip
+                             done.message.task, done.message.id,
+                             _short(done.error) if done.error else "no outcome",
+                             exc_info=trace)  # fmt: skip
                 self._safe(done.delivery.reject, requeue=True)
                 self._back_off()
                 continue
@@ -400,6 +413,9 @@ class Worker:
         except self.broker.recoverable_errors as e:
             # The connection that delivered it is gone: the broker redelivers it.
             logger.warning("Could not acknowledge a message (%s); it will be redelivered.", e)
+            delivery = getattr(method, "__self__", None)
+            if self.broker.delivered_here(delivery):
+                self._broken = e
 
     def dispatch(self, message: TaskMessage) -> None:
         """Publish a follow-up message, parking it durably if it is due later."""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -80,3 +81,11 @@ def queue(broker_url: str) -> Iterator[str]:
         pass
     finally:
         broker.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Any]:
+    """A redis-server of this test's own, which it may stop and start (tests/private_redis.py)."""
+    from tests.private_redis import redis_server
+
+    yield from redis_server(tmp_path)

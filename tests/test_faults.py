@@ -8,12 +8,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,7 @@ from django_ray.models import TaskRecord
 from tests import tasks
 from tests.conftest import run_worker, worker_command, worker_env
 from tests.inprocess import queue_size
-from tests.services import ALL_BROKERS, require_redis
+from tests.services import ALL_BROKERS
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -59,55 +56,6 @@ def test_a_killed_worker_loses_nothing(broker_url: str, tmp_path: Path) -> None:
     assert result.status == TaskResultStatus.SUCCESSFUL
     assert result.worker_ids == ["doomed", "survivor"]
     assert marker.exists()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[Any]:
-    """A redis-server of this test's own, which the test may stop and start again."""
-    require_redis()
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is not installed; CI must provide it.")
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-
-    class Server:
-        url = f"redis://127.0.0.1:{port}/0"
-        process: subprocess.Popen[bytes] | None = None
-
-        def start(self) -> None:
-            self.process = subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(tmp_path)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            wait_until(lambda: _answers(port), "redis-server to start")
-
-        def stop(self) -> None:
-            if self.process is not None:
-                self.process.terminate()
-                self.process.wait(timeout=10)
-                self.process = None
-
-    server = Server()
-    server.start()
-    yield server
-    server.stop()
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.mark.django_db(transaction=True)

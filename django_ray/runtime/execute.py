@@ -24,6 +24,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
+
 from django_ray import conf, progress, registry
 from django_ray.celery import results
 from django_ray.exceptions import NotRegistered
@@ -104,6 +106,11 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
         # broker, and the record waits READY for its next delivery instead of staying RUNNING.
         with contextlib.suppress(Exception):
             record.mark_ready()
+        raise
+    except (OperationalError, InterfaceError):
+        # The database went away while the outcome was written (a restart, a network cut):
+        # nothing more can be recorded now. The worker gives the message back to the broker
+        # and its next delivery runs it again, as at-least-once delivery promises.
         raise
     except BaseException as e:
         # What no adapter turned into a verdict (a failure in Celery's tracer, SystemExit

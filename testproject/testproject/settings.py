@@ -3,7 +3,8 @@
 The embedded default needs no server: SQLite and the ``django://`` broker. Environment
 variables switch parts to real services:
 
-* ``DJANGO_RAY_DB=postgres`` - PostgreSQL on 127.0.0.1:5432 (database ``DJANGO_RAY_PG_NAME``).
+* ``DJANGO_RAY_DB=postgres`` - PostgreSQL on 127.0.0.1:5432 (database ``DJANGO_RAY_PG_NAME``;
+  ``DJANGO_RAY_PG_PORT`` another port).
 * ``DJANGO_RAY_DB_NAME`` - the SQLite file (a worker subprocess uses the test database).
 * ``DJANGO_RAY_BROKER`` - broker URL, e.g. ``redis://127.0.0.1:6379/5``.
 * ``DJANGO_RAY_CELERY_APP`` - dotted path of a real Celery app (Celery interop tests).
@@ -67,7 +68,7 @@ if os.environ.get("DJANGO_RAY_DB") == "postgres":
             "NAME": os.environ.get("DJANGO_RAY_PG_NAME", "test"),
             "USER": "postgres",
             "HOST": "127.0.0.1",
-            "PORT": "5432",
+            "PORT": os.environ.get("DJANGO_RAY_PG_PORT", "5432"),
             "TEST": {"NAME": os.environ.get("DJANGO_RAY_PG_TEST_NAME", "test_django_ray")},
         }
     }
@@ -109,6 +110,7 @@ DJANGO_RAY = {
         "DJANGO_RAY_DB",
         "DJANGO_RAY_DB_NAME",
         "DJANGO_RAY_PG_NAME",
+        "DJANGO_RAY_PG_PORT",
         "DJANGO_RAY_PG_TEST_NAME",
         "DJANGO_RAY_TEST_DB_NAME",
         "DJANGO_RAY_BROKER",

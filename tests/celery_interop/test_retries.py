@@ -32,7 +32,8 @@ def test_retry_republishes_same_id_and_stores_retry(
     assert "Retry in 1.0s" in meta["traceback"] and meta["date_done"] is None
     assert result.state == "RETRY"
     assert result.get(timeout=TIMEOUT) == 2  # request.retries on the attempt that succeeded
-    # Celery's own tracer stores the result before the worker writes the record (docs/architecture.md).
+    # Celery's tracer stores the result before the worker writes the record
+    # (docs/architecture.md).
     record = wait_until(
         lambda: (r := TaskRecord.objects.get(pk=result.id)).is_finished and r,
         "the record to be finished",
