@@ -26,8 +26,10 @@ admin: setup
 	cd testproject && DJANGO_RAY_EXTRA_APPS=django.contrib.staticfiles \
 		../$(BIN)/python manage.py runserver --insecure 127.0.0.1:8000
 
+# Two test processes (pytest-xdist): each file runs whole in one of them, every RabbitMQ
+# user in the same one; each process has its own database, Redis database and Ray.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lint: setup
 	$(BIN)/ruff check .

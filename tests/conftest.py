@@ -14,6 +14,28 @@ from django.conf import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# `make test` runs two test processes (pytest-xdist). Each has its own SQLite file
+# (pytest-django adds the worker id) and its own Redis database, so Celery's fixed names
+# (the "celery" queue, the control fanout) never meet; set before any test module reads it.
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _XDIST_WORKER.startswith("gw") and "TEST_REDIS_URL" not in os.environ:
+    os.environ["TEST_REDIS_URL"] = f"redis://127.0.0.1:6379/{7 + int(_XDIST_WORKER[2:])}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup``: each file runs whole in one process, and every file that
+    uses RabbitMQ in the same one (one virtual host: Celery's control broadcasts there reach
+    every worker listening, so two such tests must not overlap)."""
+    rabbit_files = {item.path for item in items if item.get_closest_marker("rabbitmq")}
+    for item in items:
+        if item.path in rabbit_files:
+            group = "rabbitmq"
+        elif item.get_closest_marker("spread"):  # a long test that may run on its own
+            group = item.nodeid
+        else:
+            group = str(item.path.relative_to(ROOT))
+        item.add_marker(pytest.mark.xdist_group(group))
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _register_test_tasks() -> None:

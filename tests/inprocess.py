@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -46,6 +47,21 @@ def queue_size(name: str, url: str | None = None) -> int:
             except broker.connection.channel_errors:
                 return 0
         return channel._size(name)
+    finally:
+        broker.close()
+
+
+def held(name: str, url: str | None = None) -> int:
+    """Return how many of queue ``name``'s messages a consumer holds unacknowledged (Redis;
+    ``queue_size`` already counts them on django://)."""
+    url = url or settings.DJANGO_RAY["BROKER_URL"]
+    broker = Broker(url)
+    try:
+        if broker.kind != "redis":
+            return 0
+        channel = broker.connection.default_channel
+        entries = channel.client.hvals(channel.unacked_key)
+        return sum(1 for raw in entries if json.loads(raw)[2] == name)
     finally:
         broker.close()
 

@@ -419,6 +419,7 @@ def _broker(kind: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.spread
 @pytest.mark.timeout(240)
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("kind", ["django", pytest.param("redis", marks=pytest.mark.redis)])
