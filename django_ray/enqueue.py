@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from django.db import DEFAULT_DB_ALIAS, router, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, router, transaction
 
 from django_ray.message import TaskMessage
 from django_ray.transport import publish
@@ -27,7 +27,7 @@ __all__ = ["enqueue"]
 def enqueue(messages: Sequence[TaskMessage], *, publish_messages: bool = True) -> list[TaskRecord]:
     """Record ``messages`` and publish them (see the module docstring); return the records.
 
-    A task id that is already used raises ``ValueError`` before anything is written.
+    A task id that is already used raises ``ValueError``, and nothing is written or sent.
     ``publish_messages=False`` only records them (eager mode runs them in-process).
     """
     from django_ray.models import TaskRecord
@@ -37,16 +37,21 @@ def enqueue(messages: Sequence[TaskMessage], *, publish_messages: bool = True) -
     ids = [m.id for m in messages]
     if len(set(ids)) != len(ids):
         raise ValueError("Two of the messages to enqueue have the same task id.")
-    taken = list(TaskRecord.objects.using(using).filter(pk__in=ids).values_list("pk", flat=True))
-    if taken:
-        raise ValueError(
-            f"Task id {taken[0]!r} is already used by another task; pass a new task_id."
-        )
-    with transaction.atomic(using=using):
-        records = TaskRecord.objects.using(using).bulk_create(
-            [TaskRecord(id=m.id, **record_fields(m)) for m in messages]
-        )
-        if publish_messages:
-            for message in messages:
-                publish(message, using=using)
+    try:
+        with transaction.atomic(using=using):
+            records = TaskRecord.objects.using(using).bulk_create(
+                [TaskRecord(id=m.id, **record_fields(m)) for m in messages]
+            )
+            if publish_messages:
+                for message in messages:
+                    publish(message, using=using)
+    except IntegrityError:
+        # Looked up only now: a fresh id (the usual case) costs no query. The savepoint
+        # rolled back, so nothing was written or published.
+        taken = TaskRecord.objects.using(using).filter(pk__in=ids).values_list("pk", flat=True)
+        if first := next(iter(taken), None):
+            raise ValueError(
+                f"Task id {first!r} is already used by another task; pass a new task_id."
+            ) from None
+        raise
     return records

@@ -242,3 +242,16 @@ def test_unsupported_settings_raise_at_send_time(
     settings.CELERY_TASK_SERIALIZER = "pickle"
     with pytest.raises(NotSupported, match="task_serializer"):
         compat_tasks.add.delay(1, 2)
+
+
+def test_a_used_task_id_is_refused_and_nothing_more_is_sent() -> None:
+    # On the real django:// broker, inside the test's transaction (as in a view's atomic()).
+    first = compat_tasks.add.apply_async((1, 2), task_id="used-id-0001", queue="used-id")
+    with pytest.raises(ValueError, match="already used by another task"):
+        compat_tasks.add.apply_async((3, 4), task_id=first.id, queue="used-id")
+    # Nothing of the second was written or sent, and the transaction goes on.
+    assert QueueMessage.objects.filter(queue="used-id").count() == 1
+    assert TaskRecord.objects.get(pk=first.id).args == [1, 2]
+    second = compat_tasks.add.apply_async((5, 6), queue="used-id")
+    assert QueueMessage.objects.filter(queue="used-id").count() == 2
+    assert TaskRecord.objects.get(pk=second.id).args == [5, 6]
