@@ -356,13 +356,13 @@ class Worker:
                              done.message.task, done.message.id,
                              _short(done.error) if done.error else "no outcome",
                              exc_info=trace)  # fmt: skip
-                self._safe(done.delivery.reject, requeue=True)
+                self._safe(done.delivery, "reject", requeue=True)
                 self._back_off()
                 continue
             self._pause = 0.0
             for follow_up in done.outcome.publish:
                 self.dispatch(follow_up)
-            self._safe(done.delivery.ack)
+            self._safe(done.delivery, "ack")
             self.processed += 1
             logger.info("Task %s [%s] %s.", done.message.task, done.message.id, done.outcome.status)
 
@@ -407,13 +407,12 @@ class Worker:
         self._pause = min(max(self._pause * 2, 0.5), 10.0)
         self._paused_until = time.monotonic() + self._pause
 
-    def _safe(self, method: Any, **kwargs: Any) -> None:
+    def _safe(self, delivery: Any, action: str, **kwargs: Any) -> None:
+        """``delivery.ack()`` or ``.reject(...)``; a broken connection redelivers it."""
         try:
-            method(**kwargs)
+            getattr(delivery, action)(**kwargs)
         except self.broker.recoverable_errors as e:
-            # The connection that delivered it is gone: the broker redelivers it.
             logger.warning("Could not acknowledge a message (%s); it will be redelivered.", e)
-            delivery = getattr(method, "__self__", None)
             if self.broker.delivered_here(delivery):
                 self._broken = e
 

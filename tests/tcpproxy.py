@@ -53,8 +53,6 @@ class TcpProxy:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             _close(sock)
 
-    stop = cut
-
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import OperationalError
 from django.utils import timezone
 
 from django_ray import schedule
@@ -213,3 +214,25 @@ def test_a_run_of_garbage_on_a_redis_list_costs_no_pause_and_no_reconnect(
     assert caplog.text.count("Dropped an item the transport could not read") == len(items)
     assert "Broker connection lost" not in caplog.text
     assert "Could not take a message" not in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_outcome_the_reachable_database_refuses_ends_failed_once(
+    queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite's answer to a value over its limit (SQLITE_MAX_LENGTH, 1 GB: too big to build
+    # here), or PostgreSQL's to a jsonb over 255 MB: an OperationalError from a database that
+    # is still there. Not an outage: the task ends FAILED once, and is not run again.
+    def refuse(self: TaskRecord, *args: Any, **kwargs: Any) -> bool:
+        raise OperationalError("string or blob too big")
+
+    monkeypatch.setattr(TaskRecord, "mark_successful", refuse)
+    result = tasks.add.using(queue_name=queue).enqueue(2, 3)
+
+    worker = run_worker_inprocess([queue])
+
+    record = TaskRecord.objects.get(pk=result.id)
+    assert (record.status, record.attempts) == (TaskStatus.FAILED, 1)
+    assert record.last_error["exception_class_path"] == "django.db.utils.OperationalError"
+    assert worker.processed == 1
+    assert queue_size(queue) == 0

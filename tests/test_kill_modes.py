@@ -32,9 +32,9 @@ from pathlib import Path
 import pytest
 
 from django_ray.models import TaskRecord
-from tests import tasks
 from tests.conftest import worker_command, worker_env
 from tests.inprocess import held, queue_size
+from tests.journal import enqueue_batch, statuses
 from tests.raycluster import ray_head_fixture, session_pids
 from tests.runners.test_contract import mode_arguments
 from tests.waiting import wait_until
@@ -94,10 +94,6 @@ class Worker:
                 os.kill(pid, signal.SIGKILL)
 
 
-def statuses(ids: list[str]) -> Counter[str]:
-    return Counter(TaskRecord.objects.filter(pk__in=ids).values_list("status", flat=True))
-
-
 def running_on(ids: list[str], worker_id: str) -> set[str]:
     rows = TaskRecord.objects.filter(pk__in=ids, status="RUNNING").values_list("pk", "worker_ids")
     # A Ray job's attempt is recorded as "<worker id>/job".
@@ -113,15 +109,8 @@ def run_batch_with_kills(
     seconds: float,
 ) -> None:  # fmt: skip
     args, mode_env = mode_arguments(mode, request)
-    queue = f"kill-{mode}-{uuid.uuid4().hex[:8]}"
-    journal = tmp_path / "journal"
-    journal.touch()
-    results = [
-        tasks.journal.using(queue_name=queue).enqueue(str(journal), f"t{n}", seconds)
-        for n in range(count)
-    ]
-    ids = [r.id for r in results]
-    label_of = {r.id: f"t{n}" for n, r in enumerate(results)}
+    batch = enqueue_batch(f"kill-{mode}-{uuid.uuid4().hex[:8]}", tmp_path, count, seconds)
+    queue, ids, label_of = batch.queue, batch.ids, batch.label_of
     env = worker_env(**mode_env, DJANGO_RAY_VISIBILITY_TIMEOUT=LEASE)
     workers: list[Worker] = []
     # When each worker was killed, its id, and the tasks finished just before.
@@ -181,11 +170,10 @@ def run_batch_with_kills(
             each.cleanup()
     total = time.monotonic() - started
 
-    records = {r.pk: r for r in TaskRecord.objects.filter(pk__in=ids)}
+    records = batch.records()
     assert {r.status for r in records.values()} == {"SUCCESSFUL"}
     assert all(records[i].return_value == label_of[i] for i in ids)
-    events = [(kind, label, float(t)) for kind, label, t in
-              (line.split() for line in journal.read_text().splitlines())]  # fmt: skip
+    events = batch.events()
     starts = Counter(label for kind, label, _ in events if kind == "start")
     ends = Counter(label for kind, label, _ in events if kind == "end")
     # What a kill interrupted: delivered to the killed worker (it made an attempt) and not

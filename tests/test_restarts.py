@@ -31,10 +31,9 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from django_ray.models import TaskRecord
-from tests import tasks
 from tests.conftest import worker_command, worker_env
 from tests.inprocess import queue_size
+from tests.journal import enqueue_batch, statuses
 from tests.private_redis import RedisServer
 from tests.processes import Process
 from tests.services import POSTGRES_HOST, require_postgres, require_rabbitmq
@@ -44,10 +43,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 COUNT = 24
 SECONDS = 0.2
-
-
-def statuses(ids: list[str]) -> Counter[str]:
-    return Counter(TaskRecord.objects.filter(pk__in=ids).values_list("status", flat=True))
 
 
 def run_through_outage(
@@ -61,15 +56,8 @@ def run_through_outage(
 ) -> Process:
     """Run the batch; ``stop()`` the service mid-run, wait for the worker's log to show
     ``noticed``, ``start()`` it again; check what the module docstring promises."""
-    queue = f"restart-{uuid.uuid4().hex[:8]}"
-    journal = tmp_path / "journal"
-    journal.touch()
-    results = [
-        tasks.journal.using(queue_name=queue).enqueue(str(journal), f"t{n}", SECONDS)
-        for n in range(COUNT)
-    ]
-    ids = [r.id for r in results]
-    label_of = {r.id: f"t{n}" for n, r in enumerate(results)}
+    batch = enqueue_batch(f"restart-{uuid.uuid4().hex[:8]}", tmp_path, COUNT, SECONDS)
+    queue, ids, label_of = batch.queue, batch.ids, batch.label_of
     worker = Process(worker_command(f"--queue={queue}", "--worker-id=steady", *args), env)
     try:
         worker.wait_for(
@@ -88,15 +76,15 @@ def run_through_outage(
     finally:
         worker.kill()
 
-    records = {r.pk: r for r in TaskRecord.objects.filter(pk__in=ids)}
+    records = batch.records()
     assert all(records[i].return_value == label_of[i] for i in ids)
     finished_at = {label_of[pk]: r.finished_at for pk, r in records.items()}
-    events = [line.split() for line in journal.read_text().splitlines()]
+    events = batch.events()
     ends = {label for kind, label, _ in events if kind == "end"}
     assert ends == set(label_of.values())
     late = [
         (label, t) for kind, label, t in events
-        if kind == "start" and datetime.fromtimestamp(float(t), finished_at[label].tzinfo)
+        if kind == "start" and datetime.fromtimestamp(t, finished_at[label].tzinfo)
         > finished_at[label]
     ]  # fmt: skip
     assert late == [], f"bodies started after their record finished: {late}"

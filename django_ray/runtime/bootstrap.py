@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import traceback
+from typing import Any
 
 from django_ray.exceptions import ProcessSetupFailed
 
@@ -125,6 +126,15 @@ def check_connections() -> None:
         max_age = conn.settings_dict.get("CONN_MAX_AGE")
         if max_age and conn.close_at is not None and now >= conn.close_at:
             conn.close()
+
+
+def connection_lost(instance: Any) -> bool:
+    """After a database error: whether the connection ``instance`` was written through broke
+    (the server went away), rather than the server refusing one statement."""
+    from django.db import connections, router
+
+    conn = connections[router.db_for_write(type(instance), instance=instance) or "default"]
+    return conn.connection is None or not conn.is_usable()
 
 
 def close_stale_connections() -> None:

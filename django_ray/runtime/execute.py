@@ -107,12 +107,13 @@ def _execute(message: TaskMessage, worker_id: str) -> Outcome:
         with contextlib.suppress(Exception):
             record.mark_ready()
         raise
-    except (OperationalError, InterfaceError):
-        # The database went away while the outcome was written (a restart, a network cut):
-        # nothing more can be recorded now. The worker gives the message back to the broker
-        # and its next delivery runs it again, as at-least-once delivery promises.
-        raise
     except BaseException as e:
+        if isinstance(e, OperationalError | InterfaceError) and bootstrap.connection_lost(record):
+            # The database went away while the outcome was written (a restart, a network
+            # cut): nothing can be recorded now. The worker gives the message back to the
+            # broker and its next delivery runs it again, as at-least-once delivery promises.
+            # (A database that is there and refused one value ends FAILED, below.)
+            raise
         # What no adapter turned into a verdict (a failure in Celery's tracer, SystemExit
         # that the tracer re-raises, an error while writing the outcome): FAILED, once.
         # A record that was already written stays as it is.
