@@ -23,7 +23,12 @@ from django_ray import conf
 from django_ray.message import CONTENT_TYPE, TaskMessage, decode
 from django_ray.transports import register_transports
 from django_ray.transports.kinds import BrokerKind, kind_of
-from django_ray.transports.leases import REDIS_UNACKED_KEYS, LeaseKeeper, lease_seconds
+from django_ray.transports.leases import (
+    REDIS_UNACKED_KEYS,
+    RESTORE_LOCK_SECONDS,
+    LeaseKeeper,
+    lease_seconds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +71,7 @@ class Broker:
             options.setdefault("visibility_timeout", lease_seconds())
             for key, value in REDIS_UNACKED_KEYS.items():
                 options.setdefault(key, value)
+            options.setdefault("unacked_mutex_expire", RESTORE_LOCK_SECONDS)
         options.update(transport_options or {})
         self.connection = Connection(self.url, transport_options=options)
         self._producer: Producer | None = None

@@ -29,10 +29,16 @@ from django_ray.transports.kinds import BrokerKind
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["REDIS_UNACKED_KEYS", "LeaseKeeper", "lease_seconds"]
+__all__ = ["REDIS_UNACKED_KEYS", "RESTORE_LOCK_SECONDS", "LeaseKeeper", "lease_seconds"]
 
 # kombu Redis transport options: where django-ray consumers keep their unacknowledged
 # deliveries (kombu's defaults are "unacked", "unacked_index", "unacked_mutex").
+# Seconds the lock around kombu's restore of expired deliveries outlives a consumer killed
+# while holding it. kombu's default, 300, kept a killed worker's messages from coming back
+# for five minutes whenever the kill landed inside a restore (each restore takes
+# milliseconds; consumers restore on every idle poll).
+RESTORE_LOCK_SECONDS = 5
+
 REDIS_UNACKED_KEYS = {
     "unacked_key": "django_ray_unacked",
     "unacked_index_key": "django_ray_unacked_index",
