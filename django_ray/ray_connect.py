@@ -69,10 +69,12 @@ def init_local(
     if include_dashboard is None:  # the dashboard needs ray[default] (aiohttp)
         include_dashboard = importlib.util.find_spec("aiohttp") is not None
     kwargs: dict[str, Any] = {"include_dashboard": include_dashboard}
-    if include_dashboard:
-        kwargs.update(dashboard_host=DASHBOARD_HOST, dashboard_port=_dashboard_port())
-    # address="local" starts a new instance even if RAY_ADDRESS or a `ray start` is around.
-    with _keep_sigterm_handler():
+    # Two local instances starting at once on one host (two --local workers) would both
+    # find port 8265 free, and the second dashboard would fail to bind: start one at a time.
+    with _host_lock("local-ray-start"), _keep_sigterm_handler():
+        if include_dashboard:
+            kwargs.update(dashboard_host=DASHBOARD_HOST, dashboard_port=_dashboard_port())
+        # address="local" starts a new instance even with RAY_ADDRESS or a `ray start` around.
         context = ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env, **kwargs)
     return _info(getattr(context, "address_info", {}).get("gcs_address"), context.dashboard_url)
 
@@ -318,6 +320,21 @@ def _jobs_url(address: str, token: str | None) -> str:
             "start the head with ray[default] installed to use the Jobs API."
         )
     return f"http://{value.decode()}"
+
+
+@contextmanager
+def _host_lock(name: str) -> Iterator[None]:
+    """Hold an exclusive lock shared by every process of this host (a file lock)."""
+    import fcntl
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / f"django-ray-{name}.lock"
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _dashboard_port() -> int:
