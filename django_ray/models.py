@@ -6,7 +6,7 @@ import contextlib
 from datetime import datetime
 from typing import Any
 
-from django.db import models
+from django.db import DEFAULT_DB_ALIAS, connections, models, router, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -58,6 +58,20 @@ class TaskRecordQuerySet(models.QuerySet["TaskRecord"]):
 
     def older_than(self, moment: datetime) -> TaskRecordQuerySet:
         return self.filter(finished_at__lt=moment)
+
+    def by_id(self, task_id: str) -> TaskRecord | None:
+        """Return the record ``task_id`` or None: ``get(pk=...)`` without the ORM's compiler.
+
+        The worker reads a record once per task; a raw select of the model's columns
+        builds the same object in half the time.
+        """
+        meta = self.model._meta
+        qn = connections[self.db].ops.quote_name
+        columns = ", ".join(qn(f.column) for f in meta.concrete_fields)
+        sql = f"SELECT {columns} FROM {qn(meta.db_table)} WHERE {qn(meta.pk.column)} = %s"
+        for record in self.raw(sql, [task_id]):
+            return record
+        return None
 
 
 class TaskRecord(models.Model):
@@ -230,23 +244,51 @@ class TaskRecord(models.Model):
             return self.progress_state
         return self.celery_state
 
-    def _seen(self) -> Q:
+    def _seen(self) -> tuple[str, datetime | None]:
         """The state this object last saw: its status and its attempt."""
-        attempt = (
-            Q(last_attempted_at=self.last_attempted_at)
-            if self.last_attempted_at is not None
-            else Q(last_attempted_at__isnull=True)
-        )
-        return Q(pk=self.pk, status=self.status) & attempt
+        return self.status, self.last_attempted_at
 
-    def _write(self, seen: Q, *fields: str) -> bool:
+    def _write(self, seen: tuple[str, datetime | None], *fields: str) -> bool:
         """Write ``fields`` if the row is still as ``seen``; else reload and return False."""
-        changes = {name: getattr(self, name) for name in fields}
-        if type(self).objects.filter(seen).update(**changes):
+        if _fenced_update(self, seen, fields):
             return True
         with contextlib.suppress(TaskRecord.DoesNotExist):  # deleted meanwhile (the admin)
             self.refresh_from_db()
         return False
+
+
+def _fenced_update(
+    record: TaskRecord, seen: tuple[str, datetime | None], names: tuple[str, ...]
+) -> int:
+    """``UPDATE ... SET names WHERE id, status and attempt are as seen``; return the row count.
+
+    The statement the ORM's ``filter(...).update(...)`` sends, written directly: it runs
+    two or three times per task, and building it through the ORM's query compiler cost
+    about 0.25 ms each time, five times the statement itself. Values are prepared by the
+    fields, as the ORM prepares them (JSON, time zones, each backend's adapters).
+    """
+    alias = router.db_for_write(TaskRecord, instance=record) or DEFAULT_DB_ALIAS
+    connection = connections[alias]
+    qn = connection.ops.quote_name
+    meta = TaskRecord._meta
+    fields = [meta.get_field(name) for name in names]
+    params = [f.get_db_prep_save(getattr(record, f.attname), connection) for f in fields]
+    status, attempt = seen
+    attempt_field = meta.get_field("last_attempted_at")
+    params += [record.pk, status]
+    if attempt is None:
+        attempt_sql = "IS NULL"
+    else:
+        attempt_sql = "= %s"
+        params.append(attempt_field.get_db_prep_value(attempt, connection))
+    sql = (
+        f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in fields)} "
+        f"WHERE {qn(meta.pk.column)} = %s AND {qn(meta.get_field('status').column)} = %s "
+        f"AND {qn(attempt_field.column)} {attempt_sql}"
+    )
+    with transaction.mark_for_rollback_on_error(using=alias), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
 
 
 class DeadLetter(TaskRecord):

@@ -36,10 +36,9 @@ def record_fields(message: TaskMessage) -> dict[str, Any]:
 
 def record_for(message: TaskMessage) -> TaskRecord:
     """Return the record of ``message``, creating it for a message a Celery client sent."""
-    try:
-        return TaskRecord.objects.get(pk=message.id)
-    except TaskRecord.DoesNotExist:
-        pass
+    record = TaskRecord.objects.by_id(message.id)
+    if record is not None:
+        return record
     try:
         with transaction.atomic():
             return TaskRecord.objects.create(id=message.id, **record_fields(message))

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from django.db import transaction
 from kombu import Connection, Consumer, Exchange, Producer, Queue
@@ -29,6 +30,7 @@ from django_ray.transports.leases import (
     LeaseKeeper,
     lease_seconds,
 )
+from django_ray.transports.redis import Transport as RedisTransport
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +75,15 @@ class Broker:
                 options.setdefault(key, value)
             options.setdefault("unacked_mutex_expire", RESTORE_LOCK_SECONDS)
         options.update(transport_options or {})
-        self.connection = Connection(self.url, transport_options=options)
+        self.connection = self._connect(options)
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
         self._declared: set[str] = set()
+
+    def _connect(self, options: dict[str, Any]) -> Connection:
+        # Redis: kombu's transport with one client per channel (transports.redis).
+        transport = RedisTransport if urlsplit(self.url).scheme in ("redis", "rediss") else None
+        return Connection(self.url, transport=transport, transport_options=options)
 
     # -- queues -----------------------------------------------------------------
 
@@ -103,9 +110,7 @@ class Broker:
                 queue.queue_declare(passive=True)
             except self.connection.channel_errors:
                 self.connection.release()
-                self.connection = Connection(
-                    self.url, transport_options=self.connection.transport_options
-                )
+                self.connection = self._connect(self.connection.transport_options)
                 self._producer = None
                 queue = self.queue(name)(self.connection.default_channel)
                 queue.declare()
