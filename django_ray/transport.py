@@ -9,6 +9,7 @@ RabbitMQ) and hands raw kombu messages to the worker, which decodes them with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -30,6 +31,7 @@ from django_ray.transports.leases import (
     LeaseKeeper,
     lease_seconds,
 )
+from django_ray.transports.redis import QoS as RedisQoS
 from django_ray.transports.redis import Transport as RedisTransport
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ class Broker:
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
         self._declared: set[str] = set()
+        self._unsent_acks: list[str] = []
 
     def _connect(self, options: dict[str, Any]) -> Connection:
         # Redis: kombu's transport with one client per channel (transports.redis).
@@ -197,6 +200,23 @@ class Broker:
             return False
         return True
 
+    @property
+    def batches_acks(self) -> bool:
+        """Whether acknowledgements made together reach the broker together (Redis)."""
+        return isinstance(self.connection.transport, RedisTransport)
+
+    def acks_batched(self) -> contextlib.AbstractContextManager[None]:
+        """A block whose acknowledgements reach the broker together, where it allows it.
+
+        On Redis they are one round trip at the end of the block (``transports.redis``);
+        elsewhere each acknowledgement is sent as it is made.
+        """
+        consumer = self._consumer
+        qos = getattr(consumer.channel, "qos", None) if consumer is not None else None
+        if isinstance(qos, RedisQoS):
+            return qos.batched()
+        return contextlib.nullcontext()
+
     def set_prefetch(self, count: int) -> None:
         if self._consumer is not None:
             self._consumer.qos(prefetch_count=count)
@@ -210,8 +230,16 @@ class Broker:
                 pass
 
     def reconnect(self) -> None:
-        """Drop the connection and consume again on a fresh one."""
+        """Drop the connection and consume again on a fresh one.
+
+        Acknowledgements a Redis batch could not send (``transports.redis``) are sent on
+        the new connection: those messages' outcomes are stored, nothing must run them again.
+        """
         consumer = self._consumer
+        old_qos = getattr(consumer.channel, "qos", None) if consumer is not None else None
+        if isinstance(old_qos, RedisQoS) and old_qos.unsent:
+            self._unsent_acks += old_qos.unsent
+            old_qos.unsent = []
         try:
             self.connection.release()
         except Exception:  # the old connection is already broken
@@ -226,6 +254,10 @@ class Broker:
             on_message = cast("Callable[[KombuMessage], None]", consumer.on_message)
             names = [q.name for q in queues]
             self.consume(names, on_message, prefetch=consumer.prefetch_count or 0)
+        qos = getattr(self._consumer.channel, "qos", None) if self._consumer else None
+        if self._unsent_acks and isinstance(qos, RedisQoS):
+            qos.remove(self._unsent_acks)
+            self._unsent_acks = []
 
     @property
     def recoverable_errors(self) -> tuple[type[BaseException], ...]:

@@ -41,6 +41,10 @@ __all__ = ["Worker", "WorkerShutdown", "default_worker_id"]
 # What kombu raises reading an item that is not a message (a Redis list item that is not
 # JSON, or not an envelope, or whose body does not decode): never a database or broker error.
 UNREADABLE_ITEM = (ValueError, TypeError, AttributeError, KeyError, LookupError)
+# Finished messages acknowledged together where the broker allows it: at most this many,
+# waiting at most this long (their leases are no longer renewed once they finished).
+ACK_WINDOW = 32
+ACK_DELAY_S = 0.05
 # How close an ETA must be for batch mode to wait for it rather than exit.
 BATCH_GRACE_SECONDS = 2.0
 
@@ -101,6 +105,9 @@ class Worker:
         self._paused_until = 0.0
         # An acknowledgement that failed on the live connection: reconnect before consuming.
         self._broken: BaseException | None = None
+        # Finished messages waiting to be acknowledged together (see _hold_acks).
+        self._acks: list[Completion] = []
+        self._acks_since = 0.0
         self.leases: LeaseKeeper = LeaseKeeper(kind_of("none"), "", lease=1.0, options={})
         # What Celery's inspect/stats see (read from the control thread): the messages
         # submitted and not yet collected, with their start times, and finished tasks by name.
@@ -142,7 +149,11 @@ class Worker:
     def _run(self) -> int:
         bootstrap.ensure_ready()
         self.runner.start()
-        self.broker.consume(self.queues, self._on_message, prefetch=self.runner.concurrency)
+        # Room for the finished messages waiting to be acknowledged together.
+        window = ACK_WINDOW if self.broker.batches_acks else 0
+        self.broker.consume(
+            self.queues, self._on_message, prefetch=self.runner.concurrency + window
+        )
         # The leases of the messages this worker holds, renewed while it lives.
         self.leases = self.broker.lease_keeper()
         if self.leases.needed:
@@ -161,6 +172,7 @@ class Worker:
                 self._step()
         except WorkerShutdown:
             logger.warning("Stopping at once; unfinished messages go back to the broker.")
+            self._flush_acks()  # those whose outcomes are stored
             if control_listener is not None:
                 control_listener.stop()
             self.leases.stop()
@@ -170,6 +182,7 @@ class Worker:
         self.broker.cancel()
         self.runner.shutdown(wait=True)
         self._collect(self.runner.poll(0))
+        self._flush_acks()
         if control_listener is not None:
             control_listener.stop()
         self.leases.stop()
@@ -192,9 +205,11 @@ class Worker:
             self._reconnect(error)
             return
         got = False
+        # A short look while tasks run or acknowledgements wait; else wait for a message.
+        glance = busy or bool(self._acks)
         if self.runner.has_capacity():
             try:
-                got = self.broker.drain(timeout=0.005 if busy else 0.5)
+                got = self.broker.drain(timeout=0.005 if glance else 0.5)
             except UNREADABLE_ITEM as e:
                 # An item the transport could not turn into a message (not JSON, not an
                 # envelope, a body it cannot decode): it is gone from the broker already, so
@@ -215,13 +230,15 @@ class Worker:
         else:
             # Full: wait on the runner, which returns as soon as one task finishes.
             self._collect(self.runner.poll(0.05))
+        if self._acks and (not got or self._acks_due()):
+            self._flush_acks()
         published = self._tick_schedule()
         if not busy and not got and not self.runner.in_flight():
             # Work paused: give back what CONN_MAX_AGE does not let an idle process keep.
             close_stale_connections()
         # Only a drain that had room for a message and found none shows the queue is empty;
         # messages just published from the schedule have not been drained yet.
-        if self.batch and not busy and not got and not published and self._idle():
+        if self.batch and not glance and not got and not published and self._idle():
             logger.info("Batch mode: nothing left to run.")
             self.stopping = True
 
@@ -256,6 +273,7 @@ class Worker:
         return self.stopping and self.runner.in_flight() == 0
 
     def _reconnect(self, error: BaseException) -> None:
+        self._flush_acks()  # on a broken connection they fail, and come back after their lease
         delay = 1.0
         while not self.stopping:
             self.heartbeat = time.monotonic()
@@ -269,6 +287,7 @@ class Worker:
                 error, delay = e, min(delay * 2, 30.0)
                 continue
             logger.info("Reconnected to the broker.")
+            self._broken = None  # a fresh connection: nothing is held on the old one
             return
 
     def _install_signals(self) -> dict[int, Any]:
@@ -344,27 +363,70 @@ class Worker:
         self.processed += 1
 
     def _collect(self, completions: list[Completion]) -> None:
-        for done in completions:
-            outcome = done.outcome if done.error is None else None
-            self._untrack(done.message.id, finished=outcome is not None)
-            self.leases.release(done.delivery)
-            self._notify("finished", done.message, outcome)
-            if done.error is not None or done.outcome is None:
-                # A database that went away is one line; anything else, its traceback.
-                trace = None if isinstance(done.error, DatabaseError) else done.error
-                logger.error("Task %s [%s] was not completed (%s); returning it to the broker.",
-                             done.message.task, done.message.id,
-                             _short(done.error) if done.error else "no outcome",
-                             exc_info=trace)  # fmt: skip
-                self._safe(done.delivery, "reject", requeue=True)
-                self._back_off()
-                continue
-            self._pause = 0.0
-            for follow_up in done.outcome.publish:
-                self.dispatch(follow_up)
-            self._safe(done.delivery, "ack")
-            self.processed += 1
-            logger.info("Task %s [%s] %s.", done.message.task, done.message.id, done.outcome.status)
+        settled: list[Completion] = []
+        try:
+            for done in completions:
+                outcome = done.outcome if done.error is None else None
+                self._untrack(done.message.id, finished=outcome is not None)
+                self.leases.release(done.delivery)
+                self._notify("finished", done.message, outcome)
+                if done.error is not None or done.outcome is None:
+                    # A database that went away is one line; anything else, its traceback.
+                    trace = None if isinstance(done.error, DatabaseError) else done.error
+                    logger.error("Task %s [%s] was not completed (%s); returning it to the broker.",
+                                 done.message.task, done.message.id,
+                                 _short(done.error) if done.error else "no outcome",
+                                 exc_info=trace)  # fmt: skip
+                    self._safe(done.delivery, "reject", requeue=True)
+                    self._back_off()
+                    continue
+                self._pause = 0.0
+                for follow_up in done.outcome.publish:
+                    self.dispatch(follow_up)
+                settled.append(done)
+        finally:
+            for done in settled:
+                assert done.outcome is not None
+                self.processed += 1
+                logger.info(
+                    "Task %s [%s] %s.", done.message.task, done.message.id, done.outcome.status
+                )
+            self._hold_acks(settled)
+
+    def _hold_acks(self, settled: list[Completion]) -> None:
+        """Acknowledge ``settled`` (outcomes stored, follow-ups published), now or soon.
+
+        Where the broker takes acknowledgements in batches (Redis: one round trip for the
+        lot) they wait for up to ``ACK_WINDOW`` messages or ``ACK_DELAY_S``, and always go
+        before the worker waits for the broker; elsewhere they go at once.
+        """
+        if not settled:
+            return
+        if not self._acks:
+            self._acks_since = time.monotonic()
+        self._acks.extend(settled)
+        if not self.broker.batches_acks or len(self._acks) >= ACK_WINDOW:
+            self._flush_acks()
+
+    def _acks_due(self) -> bool:
+        return bool(self._acks) and time.monotonic() - self._acks_since >= ACK_DELAY_S
+
+    def _flush_acks(self) -> None:
+        settled, self._acks = self._acks, []
+        if not settled:
+            return
+        try:
+            with self.broker.acks_batched():
+                for done in settled:
+                    self._safe(done.delivery, "ack")
+        except self.broker.recoverable_errors as e:
+            # Their outcomes are stored: redelivered after their lease, they are dropped.
+            logger.warning(
+                "Could not acknowledge %d message(s) (%s); they will be redelivered.",
+                len(settled), e,
+            )  # fmt: skip
+            if any(self.broker.delivered_here(done.delivery) for done in settled):
+                self._broken = e
 
     # -- what Celery's remote control sees (called from the control thread) -------
 

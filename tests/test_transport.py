@@ -338,3 +338,64 @@ def test_django_broker_message_is_part_of_the_transaction(broker_url: str, queue
 def test_publish_helper_is_immediate_for_django(broker_url: str, queue: str) -> None:
     publish(message_for(queue))
     assert queue_size(queue, broker_url) == 1
+
+
+# -- acknowledgements in batches (Redis) -------------------------------------------------
+
+
+def _commands(client: Any, name: str) -> int:
+    stats = client.info("commandstats").get(f"cmdstat_{name}", {})
+    return int(stats.get("calls", 0))
+
+
+@pytest.mark.redis
+@pytest.mark.django_db
+def test_redis_acks_in_a_batch_are_one_round_trip(private_redis: Any, queue: str) -> None:
+    import redis
+
+    url = private_redis.url
+    for _ in range(5):
+        Broker(url).publish(message_for(queue))
+    consumer = Collector(url, queue)
+    consumer.broker.set_prefetch(5)
+    try:
+        delivered = [consumer.next() for _ in range(5)]
+        client = redis.Redis.from_url(url)
+        unacked = consumer.broker.connection.default_channel.unacked_key
+        assert client.hlen(unacked) == 5
+        before = _commands(client, "hdel")
+        with consumer.broker.acks_batched():
+            for raw in delivered:
+                raw.ack()
+            assert client.hlen(unacked) == 5  # nothing sent inside the block
+        assert _commands(client, "hdel") - before == 1
+        assert client.hlen(unacked) == 0
+        assert queue_size(queue, url) == 0
+    finally:
+        consumer.close()
+
+
+@pytest.mark.redis
+@pytest.mark.django_db
+def test_redis_acks_that_failed_are_sent_after_reconnecting(private_redis: Any, queue: str) -> None:
+    import redis
+
+    url = private_redis.url
+    Broker(url).publish(message_for(queue))
+    consumer = Collector(url, queue)
+    try:
+        raw = consumer.next()
+        private_redis.stop(crash=True)
+        with pytest.raises(consumer.broker.recoverable_errors):
+            with consumer.broker.acks_batched():
+                raw.ack()
+        private_redis.start()
+        client = redis.Redis.from_url(url)
+        unacked = consumer.broker.connection.default_channel.unacked_key
+        assert client.hlen(unacked) == 1  # durable: the delivery outlived the crash
+        consumer.broker.reconnect()
+        assert client.hlen(unacked) == 0
+        assert consumer.nothing(0.5)  # acknowledged: it never comes back
+        assert queue_size(queue, url) == 0
+    finally:
+        consumer.close()

@@ -52,6 +52,7 @@ CRASH_GRACE_S = 3.0  # how long a dead task process waits to be told apart from 
 RECONNECT_FIRST_S = 1.0
 RECONNECT_MAX_S = 30.0
 GET_TIMEOUT_S = 10.0
+PEEK_INTERVAL_S = 0.002  # how often a poll that may not wait asks Ray what finished
 PACK_MAX = 16  # messages in one Ray call at most
 PACK_TARGET_S = 0.05  # how long a pack should take, by its tasks' measured durations
 RESTARTS_MAX = 3  # how often a message whose pack died before it started runs again
@@ -166,6 +167,7 @@ class LocalRunner(BaseRunner):
         self._done: list[Completion] = []
         self._connected = False
         self._next_ping = 0.0
+        self._next_peek = 0.0
         self._retry_delay = RECONNECT_FIRST_S
         self._next_reconnect = 0.0
         # Task ids a client revoked with terminate=True while they ran (see terminate()).
@@ -319,10 +321,22 @@ class LocalRunner(BaseRunner):
         self._judge_crashed()
 
     def _wait(self, timeout: float) -> list[Any]:
-        """Return as soon as one call finishes, with every other one already done."""
+        """Return as soon as one call finishes, with every other one already done.
+
+        A look without waiting (``timeout`` 0: the worker loop asks after every message)
+        asks Ray at most every ``PEEK_INTERVAL_S``: each ``ray.wait`` costs about 0.2 ms of
+        the worker process, the one process every task passes through.
+        """
         import ray
 
         refs = list(self._in_flight)
+        now = time.monotonic()
+        if not timeout:
+            if now < self._next_peek:
+                return []
+            self._next_peek = now + PEEK_INTERVAL_S
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            return list(ready)
         ready, rest = ray.wait(refs, num_returns=1, timeout=timeout)
         if ready and rest:
             more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
