@@ -67,8 +67,8 @@ class TaskRecordQuerySet(models.QuerySet["TaskRecord"]):
         """
         meta = self.model._meta
         qn = connections[self.db].ops.quote_name
-        columns = ", ".join(qn(f.column) for f in meta.concrete_fields)
-        sql = f"SELECT {columns} FROM {qn(meta.db_table)} WHERE {qn(meta.pk.column)} = %s"
+        columns = ", ".join(qn(_column(f)) for f in meta.concrete_fields)
+        sql = f"SELECT {columns} FROM {qn(meta.db_table)} WHERE {qn(_column(meta.pk))} = %s"
         for record in self.raw(sql, [task_id]):
             return record
         return None
@@ -271,10 +271,11 @@ def _fenced_update(
     connection = connections[alias]
     qn = connection.ops.quote_name
     meta = TaskRecord._meta
-    fields = [meta.get_field(name) for name in names]
+    by_name = {f.name: f for f in meta.concrete_fields}
+    fields = [by_name[name] for name in names]
     params = [f.get_db_prep_save(getattr(record, f.attname), connection) for f in fields]
     status, attempt = seen
-    attempt_field = meta.get_field("last_attempted_at")
+    attempt_field = by_name["last_attempted_at"]
     params += [record.pk, status]
     if attempt is None:
         attempt_sql = "IS NULL"
@@ -282,13 +283,17 @@ def _fenced_update(
         attempt_sql = "= %s"
         params.append(attempt_field.get_db_prep_value(attempt, connection))
     sql = (
-        f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in fields)} "
-        f"WHERE {qn(meta.pk.column)} = %s AND {qn(meta.get_field('status').column)} = %s "
-        f"AND {qn(attempt_field.column)} {attempt_sql}"
+        f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(_column(f))} = %s' for f in fields)} "
+        f"WHERE {qn(_column(meta.pk))} = %s AND {qn(_column(by_name['status']))} = %s "
+        f"AND {qn(_column(attempt_field))} {attempt_sql}"
     )
     with transaction.mark_for_rollback_on_error(using=alias), connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
+
+
+def _column(field: Any) -> str:
+    return str(field.column)
 
 
 class DeadLetter(TaskRecord):

@@ -113,7 +113,7 @@ class Broker:
                 queue.queue_declare(passive=True)
             except self.connection.channel_errors:
                 self.connection.release()
-                self.connection = self._connect(self.connection.transport_options)
+                self.connection = self._connect(self.connection.transport_options or {})
                 self._producer = None
                 queue = self.queue(name)(self.connection.default_channel)
                 queue.declare()

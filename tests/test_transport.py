@@ -386,9 +386,8 @@ def test_redis_acks_that_failed_are_sent_after_reconnecting(private_redis: Any, 
     try:
         raw = consumer.next()
         private_redis.stop(crash=True)
-        with pytest.raises(consumer.broker.recoverable_errors):
-            with consumer.broker.acks_batched():
-                raw.ack()
+        with pytest.raises(consumer.broker.recoverable_errors), consumer.broker.acks_batched():
+            raw.ack()
         private_redis.start()
         client = redis.Redis.from_url(url)
         unacked = consumer.broker.connection.default_channel.unacked_key
