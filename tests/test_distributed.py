@@ -217,6 +217,23 @@ def test_ray_map_keeps_order_with_bounded_window(local_ray: dict[str, Any]) -> N
 
 
 @pytest.mark.ray
+def test_ray_map_packs_short_calls_into_few_ray_tasks(local_ray: dict[str, Any]) -> None:
+    import ray
+
+    def task_id(_: int) -> str:
+        return str(ray.get_runtime_context().get_task_id())
+
+    ids = parallel_map(task_id, range(2000))
+    assert len(ids) == 2000
+    # The first calls go alone (their duration is unknown); then many share a Ray task.
+    assert ids[0] not in ids[1:]
+    assert len(set(ids)) <= 2000 // 10, len(set(ids))
+    # Consecutive calls share a task, and order is kept: each task's calls are contiguous.
+    runs = [i for i in range(1, len(ids)) if ids[i] != ids[i - 1]]
+    assert len(runs) + 1 == len(set(ids))
+
+
+@pytest.mark.ray
 def test_ray_reraises_original_exception_and_cancels_the_rest(
     local_ray: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -1,9 +1,13 @@
 """Fan work out from inside a task: Ray tasks when Ray is up, a plain loop otherwise.
 
 Under Ray (the worker's local and cluster modes, Ray workers, and Ray job entrypoints, which
-connect lazily through ``RAY_ADDRESS``) each call becomes a Ray task. Functions travel with
-cloudpickle, so closures and lambdas work. Results keep input order, at most
-``max_in_flight`` tasks run at once, and the first failure cancels the remaining work and
+connect lazily through ``RAY_ADDRESS``) calls run as Ray tasks. The first calls go one to a
+Ray task; once their duration is known, short calls are packed, several consecutive calls
+of the same function to one Ray task, about ``CHUNK_TARGET_S`` of work each (Ray's cost per
+task is a millisecond or two), while keeping at least two Ray tasks per CPU for the rest of
+the work. Functions travel with cloudpickle, so closures and lambdas work. Results keep
+input order, at most ``max_in_flight`` Ray tasks (so calls) run at once, and the first
+failure cancels the remaining work and
 re-raises the original exception: calls not sent yet are dropped, calls not started skip their
 work, and running calls get ``KeyboardInterrupt`` (at their next Python bytecode: a call blocked
 in C, e.g. in ``time.sleep``, stops when that returns). Without Ray the same calls run in this
@@ -36,6 +40,8 @@ __all__ = [
 Call = tuple[Callable[..., Any], Sequence[Any], dict[str, Any]]
 
 MIN_IN_FLIGHT = 16  # default window: max(MIN_IN_FLIGHT, 4 x cluster CPUs)
+CHUNK_TARGET_S = 0.05  # work per Ray task once the calls' duration is known
+CHUNK_MAX = 256  # calls in one Ray task at most
 FLAG_NAMESPACE = "django_ray"  # Ray internal KV namespace of the "batch cancelled" flags
 FLAG_TTL_S = 300.0  # a failed batch's flag outlives any call that could still start
 _connect_lock = threading.Lock()
@@ -130,37 +136,62 @@ def _run(calls: list[Call], max_in_flight: int | None, options: dict[str, Any]) 
         return []
     if not _ray_ready():
         return [func(*args, **kwargs) for func, args, kwargs in calls]
-    window = max_in_flight or max(MIN_IN_FLIGHT, 4 * get_num_workers())
+    workers = get_num_workers()
+    window = max_in_flight or max(MIN_IN_FLIGHT, 4 * workers)
     remote = _remote_invoke().options(**{"max_retries": 0, **options})
-    return _run_on_ray(calls, window, remote)
+    return _run_on_ray(calls, window, remote, workers)
 
 
-def _run_on_ray(calls: list[Call], window: int, remote: RemoteFunction) -> list[Any]:
-    """Submit ``calls`` with at most ``window`` in flight; keep order; stop at the first error."""
+def _run_on_ray(
+    calls: list[Call], window: int, remote: RemoteFunction, workers: int = 1
+) -> list[Any]:
+    """Submit ``calls`` with at most ``window`` Ray tasks in flight, packed once their
+    duration is known (see the module docstring); keep order; stop at the first error."""
     import ray
 
     results: list[Any] = [None] * len(calls)
-    pending: dict[ObjectRef[Any], int] = {}
+    pending: dict[ObjectRef[Any], tuple[int, int]] = {}  # Ray task: (first call, calls)
     func_refs: dict[int, ObjectRef[Any]] = {}  # each distinct function is uploaded once
     submitted, flag = 0, f"cancelled:{uuid.uuid4().hex}"
+    timed_calls, timed_seconds = 0, 0.0
     try:
         while submitted < len(calls) or pending:
             while submitted < len(calls) and len(pending) < window:
-                func, args, kwargs = calls[submitted]
+                per_call = timed_seconds / timed_calls if timed_calls else None
+                size = _chunk_size(per_call, len(calls) - submitted, workers)
+                func = calls[submitted][0]
+                members = []
+                for func_i, args, kwargs in calls[submitted : submitted + size]:
+                    if func_i is not func:
+                        break  # a chunk runs one function (scatter_gather mixes them)
+                    members.append((args, kwargs))
                 if id(func) not in func_refs:
                     func_refs[id(func)] = ray.put(func)
-                ref = remote.remote(flag, func_refs[id(func)], *args, **kwargs)
-                pending[ref] = submitted
-                submitted += 1
+                ref = remote.remote(flag, func_refs[id(func)], members)
+                pending[ref] = (submitted, len(members))
+                submitted += len(members)
             ready, rest = ray.wait(list(pending), num_returns=1)
             if rest:  # collect everything else that is already done, without waiting
                 ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
             for ref in ready:
-                results[pending.pop(ref)] = _get(ref)
+                first, count = pending.pop(ref)
+                values, seconds = _get(ref)
+                results[first : first + count] = values
+                timed_calls, timed_seconds = timed_calls + count, timed_seconds + seconds
     except BaseException:
         _cancel(flag, pending)  # un-submitted calls are simply never sent
         raise
     return results
+
+
+def _chunk_size(per_call: float | None, remaining: int, workers: int) -> int:
+    """How many calls the next Ray task runs: one while their duration is unknown; else
+    about ``CHUNK_TARGET_S`` of them, leaving at least two Ray tasks per CPU to share."""
+    if per_call is None:
+        return 1
+    by_time = int(CHUNK_TARGET_S / max(per_call, 1e-6))
+    by_share = -(-remaining // (2 * max(1, workers)))  # ceil
+    return max(1, min(by_time, by_share, CHUNK_MAX))
 
 
 def _get(ref: ObjectRef[Any]) -> Any:
@@ -212,9 +243,12 @@ def _remote_invoke() -> RemoteFunction:
     """Build the Ray task that runs every call; nested, so workers need not import django_ray."""
     import ray
 
-    def invoke(flag: str, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    def invoke(
+        flag: str, func: Callable[..., Any], calls: list[tuple[Sequence[Any], dict[str, Any]]]
+    ) -> tuple[list[Any], float]:
         import signal
         import threading
+        import time
 
         from ray.exceptions import TaskCancelledError
         from ray.experimental import internal_kv
@@ -226,7 +260,9 @@ def _remote_invoke() -> RemoteFunction:
         on_main_thread = threading.current_thread() is threading.main_thread()
         if on_main_thread and signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL):
             signal.signal(signal.SIGINT, signal.default_int_handler)
-        return func(*args, **kwargs)
+        started = time.perf_counter()
+        values = [func(*args, **kwargs) for args, kwargs in calls]
+        return values, time.perf_counter() - started
 
     invoke.__qualname__ = invoke.__name__ = "django_ray_call"  # how it shows in the dashboard
     return ray.remote(max_retries=0)(invoke)
