@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from ray import ObjectRef
@@ -208,7 +208,7 @@ def _get(ref: ObjectRef[Any]) -> Any:
         raise
 
 
-def _cancel(flag: str, pending: dict[ObjectRef[Any], int]) -> None:
+def _cancel(flag: str, pending: dict[ObjectRef[Any], Any]) -> None:
     """Raise ``flag`` so calls not started yet skip their work, then cancel the rest.
 
     The flag closes a race in Ray: a cancellation that reaches a worker just before the task
@@ -265,4 +265,4 @@ def _remote_invoke() -> RemoteFunction:
         return values, time.perf_counter() - started
 
     invoke.__qualname__ = invoke.__name__ = "django_ray_call"  # how it shows in the dashboard
-    return ray.remote(max_retries=0)(invoke)
+    return cast("RemoteFunction", ray.remote(max_retries=0)(invoke))
