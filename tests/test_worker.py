@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 
@@ -409,3 +410,36 @@ def test_a_task_name_never_imports_a_module(broker_url: str, queue: str) -> None
     assert record.status == TaskStatus.FAILED
     assert record.last_error["exception_class_path"] == "django_ray.exceptions.NotRegistered"
     assert module not in sys.modules
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="PostgreSQL only; tests/test_records_postgres.py runs it on PostgreSQL",
+)
+@pytest.mark.django_db(transaction=True)
+def test_a_kept_connection_the_server_ended_is_dropped_before_use() -> None:
+    """A Ray process keeps its connection between calls while work continues; one the
+    server ended during an idle spell is closed before the next call uses it."""
+    from django.db import OperationalError
+
+    from django_ray.runtime import bootstrap
+
+    def server_ends_it() -> None:
+        pid = connection.connection.info.backend_pid
+        other = connection.get_new_connection(connection.get_connection_params())
+        try:
+            other.execute("SELECT pg_terminate_backend(%s)", [pid])
+        finally:
+            other.close()
+
+    connection.ensure_connection()
+    server_ends_it()
+    with pytest.raises(OperationalError):  # what the next task would have met
+        TaskRecord.objects.count()
+    connection.close()
+
+    connection.ensure_connection()
+    server_ends_it()
+    bootstrap.drop_broken_connections()
+    assert connection.connection is None
+    assert TaskRecord.objects.count() >= 0  # a fresh connection

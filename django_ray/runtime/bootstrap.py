@@ -128,6 +128,18 @@ def check_connections() -> None:
             conn.close()
 
 
+def drop_broken_connections() -> None:
+    """Close the open database connections that no longer answer (``is_usable``), e.g. one
+    kept through an idle spell that the server or a restart ended meanwhile."""
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        if conn.in_atomic_block or conn.connection is None:
+            continue
+        if not conn.is_usable():
+            conn.close()
+
+
 def connection_lost(instance: Any) -> bool:
     """After a database error: whether the connection ``instance`` was written through broke
     (the server went away), rather than the server refusing one statement."""

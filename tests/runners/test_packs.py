@@ -63,3 +63,27 @@ def test_a_pack_whose_process_dies_settles_each_member_by_its_record() -> None:
     # They had not started: they run again, counted once.
     assert [(r.status, r.attempts) for r in later] == [("SUCCESSFUL", 1), ("SUCCESSFUL", 1)]
     assert len(report["calls"]) > 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_ray_call_keeps_its_connection_only_while_more_work_comes() -> None:
+    """The function a Ray call runs, called here: with more work coming the process keeps
+    its database connection for the next call; at the end of the work it closes it."""
+    from django.db import connection
+
+    from django_ray.message import TaskMessage, new_task_id
+    from django_ray.runners.local import _run_in_ray
+
+    def run(keep: bool) -> None:
+        message = TaskMessage(id=new_task_id(), task="tests.tasks.add", args=(1, 2))
+        results, _ = _run_in_ray([message], "packs-test", keep)
+        assert results[0].status == "SUCCESSFUL"
+
+    assert connection.settings_dict["CONN_MAX_AGE"] == 0  # Django's default: close at the end
+    run(keep=True)
+    kept = connection.connection
+    assert kept is not None
+    run(keep=True)
+    assert connection.connection is kept  # the same connection served the next call
+    run(keep=False)
+    assert connection.connection is None
