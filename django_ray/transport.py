@@ -24,6 +24,8 @@ from kombu import Message as KombuMessage
 from django_ray import conf
 from django_ray.message import CONTENT_TYPE, TaskMessage, decode
 from django_ray.transports import register_transports
+from django_ray.transports.acks import BatchedAcks
+from django_ray.transports.django import Transport as DjangoTransport
 from django_ray.transports.kinds import BrokerKind, kind_of
 from django_ray.transports.leases import (
     REDIS_UNACKED_KEYS,
@@ -31,7 +33,6 @@ from django_ray.transports.leases import (
     LeaseKeeper,
     lease_seconds,
 )
-from django_ray.transports.redis import QoS as RedisQoS
 from django_ray.transports.redis import Transport as RedisTransport
 
 logger = logging.getLogger(__name__)
@@ -202,18 +203,19 @@ class Broker:
 
     @property
     def batches_acks(self) -> bool:
-        """Whether acknowledgements made together reach the broker together (Redis)."""
-        return isinstance(self.connection.transport, RedisTransport)
+        """Whether acknowledgements made together reach the broker together (Redis and
+        ``django://``: ``transports.acks``)."""
+        return isinstance(self.connection.transport, RedisTransport | DjangoTransport)
 
     def acks_batched(self) -> contextlib.AbstractContextManager[None]:
         """A block whose acknowledgements reach the broker together, where it allows it.
 
-        On Redis they are one round trip at the end of the block (``transports.redis``);
-        elsewhere each acknowledgement is sent as it is made.
+        On Redis they are one round trip at the end of the block, on ``django://`` one
+        DELETE (``transports.acks``); elsewhere each is sent as it is made.
         """
         consumer = self._consumer
         qos = getattr(consumer.channel, "qos", None) if consumer is not None else None
-        if isinstance(qos, RedisQoS):
+        if isinstance(qos, BatchedAcks):
             return qos.batched()
         return contextlib.nullcontext()
 
@@ -232,12 +234,12 @@ class Broker:
     def reconnect(self) -> None:
         """Drop the connection and consume again on a fresh one.
 
-        Acknowledgements a Redis batch could not send (``transports.redis``) are sent on
-        the new connection: those messages' outcomes are stored, nothing must run them again.
+        Acknowledgements a batch could not send (``transports.acks``) are sent on the new
+        connection: those messages' outcomes are stored, nothing must run them again.
         """
         consumer = self._consumer
         old_qos = getattr(consumer.channel, "qos", None) if consumer is not None else None
-        if isinstance(old_qos, RedisQoS) and old_qos.unsent:
+        if isinstance(old_qos, BatchedAcks) and old_qos.unsent:
             self._unsent_acks += old_qos.unsent
             old_qos.unsent = []
         try:
@@ -255,7 +257,7 @@ class Broker:
             names = [q.name for q in queues]
             self.consume(names, on_message, prefetch=consumer.prefetch_count or 0)
         qos = getattr(self._consumer.channel, "qos", None) if self._consumer else None
-        if self._unsent_acks and isinstance(qos, RedisQoS):
+        if self._unsent_acks and isinstance(qos, BatchedAcks):
             qos.remove(self._unsent_acks)
             self._unsent_acks = []
 

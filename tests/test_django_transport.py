@@ -256,3 +256,24 @@ def test_postgres_wakes_a_waiting_consumer_on_commit_not_at_its_next_look(queue:
     wait_until(lambda: bool(received), "the waiting consumer to take the message", timeout=20)
     thread.join(10)
     consumer_conn.release()
+
+
+@pytest.mark.django_db
+def test_acks_in_a_batch_are_one_delete(broker_url: str, queue: str) -> None:
+    from django.test.utils import CaptureQueriesContext
+
+    broker = Broker(broker_url)
+    for _ in range(3):
+        broker.publish(message_for(queue))
+    channel = Broker(broker_url).connection.default_channel
+    consumer = KombuQueue(queue, Exchange(queue), routing_key=queue)(channel)
+    delivered = [consumer.get(no_ack=False) for _ in range(3)]
+    with CaptureQueriesContext(connection) as queries, channel.qos.batched():
+        for raw in delivered:
+            raw.ack()
+        assert QueueMessage.objects.filter(queue=queue).count() == 3  # nothing sent yet
+    deletes = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("DELETE")]
+    assert len(deletes) == 1, deletes
+    assert not QueueMessage.objects.filter(queue=queue).exists()
+    channel.close()  # nothing is given back: all three were acknowledged
+    assert not QueueMessage.objects.filter(queue=queue).exists()

@@ -48,6 +48,7 @@ from kombu.transport import virtual
 
 from django_ray import conf
 from django_ray.message import EARLIEST, LATEST
+from django_ray.transports.acks import BatchedAcks
 
 logger = logging.getLogger(__name__)
 
@@ -58,18 +59,25 @@ __all__ = ["Channel", "QoS", "Transport"]
 UNREADABLE = (ValueError, TypeError, AttributeError, KeyError, LookupError, RecursionError)
 
 
-class QoS(virtual.QoS):
-    """Acknowledge by deleting the row; requeue by making it visible again."""
+class QoS(BatchedAcks):
+    """Acknowledge by deleting the row (in ``batched()``, one DELETE for all of them);
+    requeue by making it visible again."""
 
     def ack(self, delivery_tag: str) -> None:
-        self.channel._delete_row(delivery_tag)
-        super().ack(delivery_tag)
+        if self._batch is not None:
+            super().ack(delivery_tag)
+            return
+        self.channel._delete_rows([delivery_tag])
+        virtual.QoS.ack(self, delivery_tag)
+
+    def remove(self, tags: list[str]) -> None:
+        self.channel._delete_rows(tags)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         if requeue:
             self.channel._make_visible([delivery_tag])
         else:
-            self.channel._delete_row(delivery_tag)
+            self.channel._delete_rows([delivery_tag])
         self._quick_ack(delivery_tag)
 
     def restore_unacked(self) -> list[Any]:
@@ -128,13 +136,18 @@ class Channel(virtual.Channel):
         now = timezone.now()
         try:
             with transaction.atomic(using=self.db_alias):
-                # Not the payloads (up to megabytes each) of rows that may not be claimed.
-                candidates = self._rows.visible(queue, now).only(
-                    "pk", "visible_at", "delivery_tag", "delivered_count"
-                )
+                candidates = self._rows.visible(queue, now)
                 if connections[self.db_alias].features.has_select_for_update_skip_locked:
-                    candidates = candidates.select_for_update(skip_locked=True)
-                for row in candidates[:10]:
+                    # The first visible row nobody holds is ours once locked: read it whole
+                    # (one query, not a second one for its payload).
+                    candidates = candidates.select_for_update(skip_locked=True)[:1]
+                else:
+                    # Optimistic claims may lose the race: not the payloads (up to megabytes
+                    # each) of rows that may not be claimed.
+                    candidates = candidates.only(
+                        "pk", "visible_at", "delivery_tag", "delivered_count"
+                    )[:10]
+                for row in candidates:
                     if not self._claim(row, now):
                         continue
                     try:
@@ -195,8 +208,8 @@ class Channel(virtual.Channel):
     def _restore(self, message: Any) -> None:
         self._make_visible([message.delivery_tag])
 
-    def _delete_row(self, delivery_tag: str) -> None:
-        self._rows.filter(delivery_tag=delivery_tag).delete()
+    def _delete_rows(self, delivery_tags: list[str]) -> None:
+        self._rows.filter(delivery_tag__in=delivery_tags).delete()
 
     def _make_visible(self, delivery_tags: list[str]) -> None:
         if delivery_tags:
