@@ -25,7 +25,6 @@ from django_ray import conf
 from django_ray.message import CONTENT_TYPE, TaskMessage, decode
 from django_ray.transports import register_transports
 from django_ray.transports.acks import BatchedAcks
-from django_ray.transports.django import Transport as DjangoTransport
 from django_ray.transports.kinds import BrokerKind, kind_of
 from django_ray.transports.leases import (
     REDIS_UNACKED_KEYS,
@@ -33,7 +32,6 @@ from django_ray.transports.leases import (
     LeaseKeeper,
     lease_seconds,
 )
-from django_ray.transports.redis import Transport as RedisTransport
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +83,13 @@ class Broker:
         self._unsent_acks: list[str] = []
 
     def _connect(self, options: dict[str, Any]) -> Connection:
-        # Redis: kombu's transport with one client per channel (transports.redis).
-        transport = RedisTransport if urlsplit(self.url).scheme in ("redis", "rediss") else None
+        transport = None
+        if urlsplit(self.url).scheme in ("redis", "rediss"):
+            # kombu's transport with one client per channel and batched acknowledgements;
+            # imported here: redis-py takes 0.1 s to import, a Ray job's whole budget.
+            from django_ray.transports.redis import Transport as RedisTransport
+
+            transport = RedisTransport
         return Connection(self.url, transport=transport, transport_options=options)
 
     # -- queues -----------------------------------------------------------------
@@ -205,7 +208,8 @@ class Broker:
     def batches_acks(self) -> bool:
         """Whether acknowledgements made together reach the broker together (Redis and
         ``django://``: ``transports.acks``)."""
-        return isinstance(self.connection.transport, RedisTransport | DjangoTransport)
+        qos = getattr(getattr(self.connection.transport, "Channel", None), "QoS", None)
+        return isinstance(qos, type) and issubclass(qos, BatchedAcks)
 
     def acks_batched(self) -> contextlib.AbstractContextManager[None]:
         """A block whose acknowledgements reach the broker together, where it allows it.
