@@ -233,3 +233,45 @@ def test_kill_9_ray_modes(
     mode: str, broker_url: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     run_batch_with_kills(mode, broker_url, request, tmp_path, count=12, seconds=0.4)
+
+
+@pytest.mark.spread
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
+@pytest.mark.timeout(180)
+def test_with_the_default_lease_a_killed_workers_task_runs_again_within_a_minute(
+    broker_url: str, tmp_path: Path
+) -> None:
+    """No lease set (``VISIBILITY_TIMEOUT`` 30 s, the default): worker ``a`` gets SIGKILL
+    while its task runs; worker ``b``, already running as a deployment's other worker would
+    be, runs the task again within 60 s of the death (the lease, then ``b``'s next look)."""
+    batch = enqueue_batch(f"lease-{uuid.uuid4().hex[:8]}", tmp_path, 1, 2.0)
+    queue, ids = batch.queue, batch.ids
+    env = worker_env()
+    env.pop("DJANGO_RAY_VISIBILITY_TIMEOUT", None)  # the default lease
+    a = Worker([f"--queue={queue}", "--worker-id=a", "--sync"], env, tmp_path / "a.log")
+    b: Worker | None = None
+    try:
+        wait_until(lambda: running_on(ids, "a"), "worker a to run the task", timeout=60,
+                   details=a.log)  # fmt: skip
+        b = Worker([f"--queue={queue}", "--worker-id=b", "--sync"], env, tmp_path / "b.log")
+        wait_until(b.consuming, "worker b to start", timeout=60, details=b.log)
+        a.kill(session=False)
+        killed_at = time.time()
+        live = b
+        wait_until(lambda: statuses(ids)["SUCCESSFUL"] == 1, "the task to run again",
+                   timeout=120, interval=0.2, details=live.log)  # fmt: skip
+        live.proc.send_signal(signal.SIGTERM)
+        assert live.proc.wait(timeout=60) == 0, live.log()
+    finally:
+        a.cleanup()
+        if b is not None:
+            b.cleanup()
+    again = min(t for kind, _, t in batch.events() if kind == "start" and t > killed_at)
+    back = again - killed_at
+    assert back < 60, back
+    (record,) = batch.records().values()
+    assert record.worker_ids == ["a", "b"]
+    assert queue_size(queue) == 0 and held(queue) == 0
+    print(f"\nkill -9 with the default 30 s lease: the task ran again {back:.1f} s later")
