@@ -10,8 +10,9 @@ finishes the batch. Then:
   have started (and even finished) twice, and it still has one record;
 * a killed worker's work comes back: each task it was running runs again (or is found
   finished by the Ray job that outlived the worker); the figure printed per kill is the time
-  until the last of them started again, which is the 3 s lease plus the backlog ahead of
-  it, since a message given back joins the end of its queue.
+  until the last of them started again: the 3 s lease, the replacement worker's start, and
+  on ``django://`` the backlog ahead of it (a message given back is ordered by when its
+  lease ended; on Redis it goes back to the head of the queue).
 
 In ``--local`` mode the worker's own Ray instance dies with it (the whole session gets
 SIGKILL, as when a container is killed); in ``--cluster`` and Ray Job mode only the worker
