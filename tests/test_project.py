@@ -129,6 +129,8 @@ def test_only_the_transport_layer_imports_kombu() -> None:
         "django_ray/transport.py",
         "django_ray/transports/__init__.py",
         "django_ray/transports/django.py",
+        "django_ray/transports/redis.py",
+        "django_ray/transports/acks.py",
         # Celery's pidbox (revoke from Celery clients): a known exception, see control.py.
         "django_ray/celery/control.py",
     }, importers

@@ -453,6 +453,9 @@ def _broker_info(connection: Connection) -> dict[str, Any]:
     """Return the broker section of Celery's ``stats``: the connection, without secrets."""
     info: Mapping[str, Any] = connection.info()
     safe = {k: v for k, v in info.items() if k != "password"}
+    transport = safe.get("transport")
+    if isinstance(transport, type):  # a transport given as a class (ours for Redis): its name
+        safe["transport"] = getattr(transport, "driver_type", transport.__name__)
     safe["transport_options"] = {
         k: v for k, v in dict(safe.get("transport_options") or {}).items() if "password" not in k
     }
