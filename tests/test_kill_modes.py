@@ -237,9 +237,10 @@ def test_kill_9_ray_modes(
 
 
 @pytest.mark.spread
-@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
+@pytest.mark.parametrize(
+    "broker_url", ["django", pytest.param("redis", marks=pytest.mark.redis)], indirect=True
+)
 @pytest.mark.timeout(180)
 def test_with_the_default_lease_a_killed_workers_task_runs_again_within_a_minute(
     broker_url: str, tmp_path: Path
@@ -275,4 +276,4 @@ def test_with_the_default_lease_a_killed_workers_task_runs_again_within_a_minute
     (record,) = batch.records().values()
     assert record.worker_ids == ["a", "b"]
     assert queue_size(queue) == 0 and held(queue) == 0
-    print(f"\nkill -9 with the default 30 s lease: the task ran again {back:.1f} s later")
+    print(f"\nkill -9, default lease, {broker_url.split(':')[0]}: ran again {back:.1f} s later")
