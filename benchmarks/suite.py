@@ -147,14 +147,16 @@ def _check(out: dict[str, Any], count: int, ok: str = "SUCCESSFUL") -> None:
 
 
 def django_produce(
-    env: dict[str, str], mode: list[str], task: str, count: int, workers: int = 1, chunk: int = 0
-) -> Figures:
-    """``workers`` long-lived workers drain while a producer process enqueues ``count`` tasks."""
+    env: dict[str, str], mode: list[str], task: str, count: int, workers: int = 1, chunk: int = 0,
+    producer_env: dict[str, str] | None = None,
+) -> Figures:  # fmt: skip
+    """``workers`` long-lived workers drain while a producer process enqueues ``count`` tasks
+    (with ``producer_env`` in place of ``env`` when given)."""
     queue, ids = new_queue(), _ids("w", workers)
     services = [start_worker(env, queue, *mode, worker_id=wid) for wid in ids]
     try:
         out = helper(
-            env,
+            producer_env or env,
             "produce",
             task,
             str(count),
@@ -278,6 +280,16 @@ def row_e2e_redis(s: Suite) -> None:
 
 def row_e2e_rabbitmq(s: Suite) -> None:
     row_e2e(s, "e2e-rabbitmq", AMQP)
+    # Like for like: a producer that publishes without publisher confirms, as Celery's does
+    # by default (the worker keeps them for its follow-up messages).
+    env = environment(AMQP)
+    migrate(env)
+    unconfirmed = {**env, "DJANGO_RAY_CONFIRM_PUBLISH": "0"}
+    s.case(
+        "e2e-rabbitmq",
+        "django-ray --local, producer without confirms",
+        lambda: django_produce(env, ["--local"], "noop", s.sizes.e2e, producer_env=unconfirmed),
+    )
 
 
 def row_sync(s: Suite) -> None:
@@ -437,7 +449,7 @@ def row_job(s: Suite) -> None:
 # Name -> (cases it measures, the row). --only takes these names.
 ROWS: dict[str, tuple[int, Callable[[Suite], None]]] = {
     "e2e-redis": (2, row_e2e_redis),
-    "e2e-rabbitmq": (2, row_e2e_rabbitmq),
+    "e2e-rabbitmq": (3, row_e2e_rabbitmq),
     "sync": (2, row_sync),
     "postgres": (4, row_postgres),
     "latency": (4, row_latency),
@@ -476,6 +488,14 @@ def ratios(rows: dict[str, dict[str, Figures]]) -> list[dict[str, Any]]:
             g("e2e-rabbitmq", CELERY_PREFORK),
             ">=",
             1.5,
+        ),
+        (
+            "no-op e2e, RabbitMQ, producer without confirms (as Celery's): --local vs Celery",
+            "tasks/s",
+            g("e2e-rabbitmq", "django-ray --local, producer without confirms"),
+            g("e2e-rabbitmq", CELERY_PREFORK),
+            "",
+            None,
         ),
         (
             "no-op e2e, Redis: --sync vs Celery solo",

@@ -139,6 +139,13 @@ if os.environ.get("DJANGO_RAY_VISIBILITY_TIMEOUT"):
         "visibility_timeout": _visibility,
         "unacked_restore_throttle": 1,
     }
+if os.environ.get("DJANGO_RAY_CONFIRM_PUBLISH") == "0":
+    # Publish to RabbitMQ without publisher confirms, as Celery does by default (the
+    # benchmarks' producer, to compare like with like; docs/benchmarks.md).
+    DJANGO_RAY["BROKER_TRANSPORT_OPTIONS"] = {
+        **DJANGO_RAY.get("BROKER_TRANSPORT_OPTIONS", {}),
+        "confirm_publish": False,
+    }
 # Where unchanged Celery clients read results (redis://...); unset means none.
 CELERY_RESULT_BACKEND = os.environ.get("DJANGO_RAY_CELERY_RESULT_BACKEND")
 
