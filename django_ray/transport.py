@@ -223,6 +223,19 @@ class Broker:
             return qos.batched()
         return contextlib.nullcontext()
 
+    def restore_expired(self) -> None:
+        """Put back the deliveries whose lease ran out (their worker died), where consumers
+        do that (Redis; elsewhere nothing to do: a ``django://`` row shows again by itself).
+
+        kombu does it only when a poll finds the queue empty: a worker that always has
+        work would never give a dead worker's messages back, however long its backlog.
+        """
+        consumer = self._consumer
+        channel = consumer.channel if consumer is not None else None
+        qos: Any = getattr(channel, "qos", None)
+        if hasattr(qos, "restore_by_tag"):  # kombu's Redis QoS
+            qos.restore_visible(num=getattr(channel, "unacked_restore_limit", None), interval=1)
+
     def set_prefetch(self, count: int) -> None:
         if self._consumer is not None:
             self._consumer.qos(prefetch_count=count)

@@ -45,6 +45,8 @@ UNREADABLE_ITEM = (ValueError, TypeError, AttributeError, KeyError, LookupError)
 # waiting at most this long (their leases are no longer renewed once they finished).
 ACK_WINDOW = 32
 ACK_DELAY_S = 0.05
+# How often the worker puts back deliveries whose lease ran out (Redis), busy or not.
+RESTORE_INTERVAL_S = 2.0
 # How close an ETA must be for batch mode to wait for it rather than exit.
 BATCH_GRACE_SECONDS = 2.0
 
@@ -99,6 +101,7 @@ class Worker:
         self.stopping = False
         self._cancelled = False
         self._next_schedule_check = 0.0
+        self._next_restore = 0.0
         # After a runner error (e.g. the database is down) consuming pauses, growing to 10s,
         # so that a message given back to the broker is not retried in a hot loop.
         self._pause = 0.0
@@ -233,6 +236,7 @@ class Worker:
         if self._acks and (not got or self._acks_due()):
             self._flush_acks()
         published = self._tick_schedule()
+        self._tick_restore()
         if not busy and not got and not self.runner.in_flight():
             # Work paused: give back what CONN_MAX_AGE does not let an idle process keep.
             close_stale_connections()
@@ -504,6 +508,17 @@ class Worker:
         if published:
             logger.info("Published %d scheduled message(s).", published)
         return published
+
+    def _tick_restore(self) -> None:
+        """Every ``RESTORE_INTERVAL_S``: put back what dead workers held (``restore_expired``)."""
+        now = time.monotonic()
+        if now < self._next_restore:
+            return
+        self._next_restore = now + RESTORE_INTERVAL_S
+        try:
+            self.broker.restore_expired()
+        except self.broker.recoverable_errors as e:  # the next drain reconnects
+            logger.warning("Could not look for expired deliveries: %s", _short(e))
 
     def _idle(self) -> bool:
         if self.runner.in_flight():

@@ -76,6 +76,50 @@ def test_a_killed_worker_loses_nothing(
     assert marker.exists()
 
 
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
+def test_a_killed_workers_task_comes_back_while_the_queue_stays_busy(
+    broker_url: str, tmp_path: Path
+) -> None:
+    """kombu puts expired Redis deliveries back only when a poll finds the queue empty; the
+    worker also looks every few seconds, so a dead worker's task does not wait for the
+    backlog to drain (in a busy deployment it might never drain)."""
+    from tests.journal import enqueue_batch
+
+    queue = f"busy-{uuid.uuid4().hex[:8]}"
+    marker = tmp_path / "done"
+    lost = tasks.sleep_then_touch.using(queue_name=queue).enqueue(1, str(marker))
+    env = {"DJANGO_RAY_VISIBILITY_TIMEOUT": "2"}
+    first = subprocess.Popen(
+        worker_command(f"--queue={queue}", "--sync", "--worker-id=doomed"),
+        env=worker_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: TaskRecord.objects.filter(pk=lost.id, status="RUNNING").exists(),
+            "the first worker to start the task", timeout=30,
+        )  # fmt: skip
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait(timeout=10)
+    backlog = enqueue_batch(queue, tmp_path, 40, 0.3)  # 12 s of work, never a pause
+
+    proc = run_worker(f"--queue={queue}", "--sync", "--batch", "--worker-id=survivor",
+                      timeout=120, **env)  # fmt: skip
+
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lost.refresh()
+    assert lost.status == TaskResultStatus.SUCCESSFUL, proc.stderr[-2000:]
+    assert lost.worker_ids == ["doomed", "survivor"]
+    backlog_starts = [t for kind, _, t in backlog.events() if kind == "start"]
+    assert len(backlog_starts) == 40
+    # It ran again while the backlog still ran, not once the queue was empty.
+    assert lost.last_attempted_at is not None
+    assert lost.last_attempted_at.timestamp() < max(backlog_starts)
+    assert queue_size(queue) == 0
+
+
 @pytest.mark.django_db(transaction=True)
 def test_worker_survives_a_broker_restart(
     private_redis: Any, settings: Any, tmp_path: Path
