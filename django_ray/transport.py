@@ -217,8 +217,7 @@ class Broker:
         On Redis they are one round trip at the end of the block, on ``django://`` one
         DELETE (``transports.acks``); elsewhere each is sent as it is made.
         """
-        consumer = self._consumer
-        qos = getattr(consumer.channel, "qos", None) if consumer is not None else None
+        qos = self._qos()
         if isinstance(qos, BatchedAcks):
             return qos.batched()
         return contextlib.nullcontext()
@@ -230,11 +229,14 @@ class Broker:
         kombu does it only when a poll finds the queue empty: a worker that always has
         work would never give a dead worker's messages back, however long its backlog.
         """
-        consumer = self._consumer
-        channel = consumer.channel if consumer is not None else None
-        qos: Any = getattr(channel, "qos", None)
+        qos = self._qos()
         if hasattr(qos, "restore_by_tag"):  # kombu's Redis QoS
-            qos.restore_visible(num=getattr(channel, "unacked_restore_limit", None), interval=1)
+            qos.restore_visible(num=qos.channel.unacked_restore_limit, interval=1)
+
+    def _qos(self) -> Any:
+        """The QoS of the channel this broker consumes on (None before ``consume()``)."""
+        consumer = self._consumer
+        return getattr(consumer.channel, "qos", None) if consumer is not None else None
 
     def set_prefetch(self, count: int) -> None:
         if self._consumer is not None:
@@ -255,7 +257,7 @@ class Broker:
         connection: those messages' outcomes are stored, nothing must run them again.
         """
         consumer = self._consumer
-        old_qos = getattr(consumer.channel, "qos", None) if consumer is not None else None
+        old_qos = self._qos()
         if isinstance(old_qos, BatchedAcks) and old_qos.unsent:
             self._unsent_acks += old_qos.unsent
             old_qos.unsent = []
@@ -273,7 +275,7 @@ class Broker:
             on_message = cast("Callable[[KombuMessage], None]", consumer.on_message)
             names = [q.name for q in queues]
             self.consume(names, on_message, prefetch=consumer.prefetch_count or 0)
-        qos = getattr(self._consumer.channel, "qos", None) if self._consumer else None
+        qos = self._qos()
         if self._unsent_acks and isinstance(qos, BatchedAcks):
             qos.remove(self._unsent_acks)
             self._unsent_acks = []

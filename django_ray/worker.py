@@ -111,6 +111,7 @@ class Worker:
         # Finished messages waiting to be acknowledged together (see _hold_acks).
         self._acks: list[Completion] = []
         self._acks_since = 0.0
+        self._ack_window = 0  # how many may wait: ACK_WINDOW where the broker batches them
         self.leases: LeaseKeeper = LeaseKeeper(kind_of("none"), "", lease=1.0, options={})
         # What Celery's inspect/stats see (read from the control thread): the messages
         # submitted and not yet collected, with their start times, and finished tasks by name.
@@ -153,9 +154,9 @@ class Worker:
         bootstrap.ensure_ready()
         self.runner.start()
         # Room for the finished messages waiting to be acknowledged together.
-        window = ACK_WINDOW if self.broker.batches_acks else 0
+        self._ack_window = ACK_WINDOW if self.broker.batches_acks else 0
         self.broker.consume(
-            self.queues, self._on_message, prefetch=self.runner.concurrency + window
+            self.queues, self._on_message, prefetch=self.runner.concurrency + self._ack_window
         )
         # The leases of the messages this worker holds, renewed while it lives.
         self.leases = self.broker.lease_keeper()
@@ -409,7 +410,7 @@ class Worker:
         if not self._acks:
             self._acks_since = time.monotonic()
         self._acks.extend(settled)
-        if not self.broker.batches_acks or len(self._acks) >= ACK_WINDOW:
+        if len(self._acks) >= max(1, self._ack_window):
             self._flush_acks()
 
     def _acks_due(self) -> bool:
@@ -425,12 +426,7 @@ class Worker:
                     self._safe(done.delivery, "ack")
         except self.broker.recoverable_errors as e:
             # Their outcomes are stored: redelivered after their lease, they are dropped.
-            logger.warning(
-                "Could not acknowledge %d message(s) (%s); they will be redelivered.",
-                len(settled), e,
-            )  # fmt: skip
-            if any(self.broker.delivered_here(done.delivery) for done in settled):
-                self._broken = e
+            self._not_acknowledged([done.delivery for done in settled], e)
 
     # -- what Celery's remote control sees (called from the control thread) -------
 
@@ -478,9 +474,17 @@ class Worker:
         try:
             getattr(delivery, action)(**kwargs)
         except self.broker.recoverable_errors as e:
-            logger.warning("Could not acknowledge a message (%s); it will be redelivered.", e)
-            if self.broker.delivered_here(delivery):
-                self._broken = e
+            self._not_acknowledged([delivery], e)
+
+    def _not_acknowledged(self, deliveries: list[Any], error: BaseException) -> None:
+        """The broker did not take them: it redelivers them. One that came through the live
+        connection makes the worker reconnect before it consumes again."""
+        logger.warning(
+            "Could not acknowledge %d message(s) (%s); they will be redelivered.",
+            len(deliveries), error,
+        )  # fmt: skip
+        if any(self.broker.delivered_here(delivery) for delivery in deliveries):
+            self._broken = error
 
     def dispatch(self, message: TaskMessage) -> None:
         """Publish a follow-up message, parking it durably if it is due later."""

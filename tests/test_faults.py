@@ -27,6 +27,25 @@ from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
+LEASE_2S = {"DJANGO_RAY_VISIBILITY_TIMEOUT": "2"}
+
+
+def kill_mid_task(queue: str, task_id: str) -> None:
+    """Start a ``--sync`` worker "doomed" (2 s lease) on ``queue``; SIGKILL it once it runs
+    ``task_id``."""
+    first = subprocess.Popen(
+        worker_command(f"--queue={queue}", "--sync", "--worker-id=doomed"),
+        env=worker_env(**LEASE_2S), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: TaskRecord.objects.filter(pk=task_id, status="RUNNING").exists(),
+            "the first worker to start the task", timeout=30,
+        )  # fmt: skip
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait(timeout=10)
+
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
@@ -40,19 +59,7 @@ def test_a_killed_worker_loses_nothing(
     queue = f"kill-{uuid.uuid4().hex[:8]}"
     marker = tmp_path / "done"
     result = tasks.sleep_then_touch.using(queue_name=queue).enqueue(3, str(marker))
-    env = {"DJANGO_RAY_VISIBILITY_TIMEOUT": "2"}
-    first = subprocess.Popen(
-        worker_command(f"--queue={queue}", "--sync", "--worker-id=doomed"),
-        env=worker_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_until(
-            lambda: TaskRecord.objects.filter(pk=result.id, status="RUNNING").exists(),
-            "the first worker to start the task", timeout=30,
-        )  # fmt: skip
-        first.send_signal(signal.SIGKILL)
-    finally:
-        first.wait(timeout=10)
+    kill_mid_task(queue, result.id)
     assert not marker.exists()
     if inside_restore:
         # Killed while restoring expired deliveries (Redis): it leaves the restore lock held,
@@ -67,7 +74,7 @@ def test_a_killed_worker_loses_nothing(
             broker.close()
 
     proc = run_worker(f"--queue={queue}", "--sync", "--max-tasks=1", "--worker-id=survivor",
-                      timeout=60, **env)  # fmt: skip
+                      timeout=60, **LEASE_2S)  # fmt: skip
 
     assert proc.returncode == 0, proc.stderr[-2000:]
     result.refresh()
@@ -90,23 +97,11 @@ def test_a_killed_workers_task_comes_back_while_the_queue_stays_busy(
     queue = f"busy-{uuid.uuid4().hex[:8]}"
     marker = tmp_path / "done"
     lost = tasks.sleep_then_touch.using(queue_name=queue).enqueue(1, str(marker))
-    env = {"DJANGO_RAY_VISIBILITY_TIMEOUT": "2"}
-    first = subprocess.Popen(
-        worker_command(f"--queue={queue}", "--sync", "--worker-id=doomed"),
-        env=worker_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_until(
-            lambda: TaskRecord.objects.filter(pk=lost.id, status="RUNNING").exists(),
-            "the first worker to start the task", timeout=30,
-        )  # fmt: skip
-        first.send_signal(signal.SIGKILL)
-    finally:
-        first.wait(timeout=10)
+    kill_mid_task(queue, lost.id)
     backlog = enqueue_batch(queue, tmp_path, 40, 0.3)  # 12 s of work, never a pause
 
     proc = run_worker(f"--queue={queue}", "--sync", "--batch", "--worker-id=survivor",
-                      timeout=120, **env)  # fmt: skip
+                      timeout=120, **LEASE_2S)  # fmt: skip
 
     assert proc.returncode == 0, proc.stderr[-2000:]
     lost.refresh()

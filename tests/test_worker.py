@@ -440,6 +440,6 @@ def test_a_kept_connection_the_server_ended_is_dropped_before_use() -> None:
 
     connection.ensure_connection()
     server_ends_it()
-    bootstrap.drop_broken_connections()
+    bootstrap.check_connections(verify=True)
     assert connection.connection is None
     assert TaskRecord.objects.count() >= 0  # a fresh connection

@@ -85,11 +85,11 @@ def _run_in_ray(
     is checked before it is used again.
     """
     global _last_call_ended
-    from django_ray.runtime.bootstrap import close_stale_connections, drop_broken_connections
+    from django_ray.runtime.bootstrap import check_connections, close_stale_connections
     from django_ray.runtime.execute import execute
 
     if time.monotonic() - _last_call_ended > IDLE_CHECK_S:
-        drop_broken_connections()
+        check_connections(verify=True)
     results: list[Any] = []
     started = time.perf_counter()
     with _sigterm_ends_attempt_unrecorded():

@@ -102,8 +102,11 @@ def _describe(error: BaseException) -> str:
     )
 
 
-def check_connections() -> None:
+def check_connections(*, verify: bool = False) -> None:
     """Before a task: drop a database connection that an error left unusable, keep the rest.
+
+    ``verify``: ask every open connection whether it still answers (``is_usable``), not only
+    one an error marked: one kept through an idle spell may have been ended by the server.
 
     A healthy connection is kept from one task to the next while work continues (a new
     connection per task costs more than a no-op task: on SQLite, closing the last
@@ -117,7 +120,7 @@ def check_connections() -> None:
     for conn in connections.all(initialized_only=True):
         if conn.in_atomic_block or conn.connection is None:
             continue
-        if conn.errors_occurred:
+        if conn.errors_occurred or verify:
             if conn.is_usable():
                 conn.errors_occurred = False
             else:
@@ -125,18 +128,6 @@ def check_connections() -> None:
                 continue
         max_age = conn.settings_dict.get("CONN_MAX_AGE")
         if max_age and conn.close_at is not None and now >= conn.close_at:
-            conn.close()
-
-
-def drop_broken_connections() -> None:
-    """Close the open database connections that no longer answer (``is_usable``), e.g. one
-    kept through an idle spell that the server or a restart ended meanwhile."""
-    from django.db import connections
-
-    for conn in connections.all(initialized_only=True):
-        if conn.in_atomic_block or conn.connection is None:
-            continue
-        if not conn.is_usable():
             conn.close()
 
 

@@ -32,9 +32,9 @@ class BatchedAcks(virtual.QoS):
 
     def ack(self, delivery_tag: str) -> None:
         if self._batch is None:
-            super().ack(delivery_tag)
-            return
-        self._batch.append(delivery_tag)
+            self.remove([delivery_tag])
+        else:
+            self._batch.append(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)  # kombu's own bookkeeping (the prefetch count)
 
     @contextmanager

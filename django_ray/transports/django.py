@@ -63,13 +63,6 @@ class QoS(BatchedAcks):
     """Acknowledge by deleting the row (in ``batched()``, one DELETE for all of them);
     requeue by making it visible again."""
 
-    def ack(self, delivery_tag: str) -> None:
-        if self._batch is not None:
-            super().ack(delivery_tag)
-            return
-        self.channel._delete_rows([delivery_tag])
-        virtual.QoS.ack(self, delivery_tag)
-
     def remove(self, tags: list[str]) -> None:
         self.channel._delete_rows(tags)
 
